@@ -1,0 +1,157 @@
+"""Neighborhood co-occurrence matrices (NCM) and the KL term between them.
+
+Pure torch, no Open3D-ML imports: this is the paper's math and nothing else.
+
+Conventions (KPConv's, stated once):
+- a batch is *stacked*: the points of B clouds are concatenated, ``lengths [B]``
+  says how many points each cloud has, in order;
+- ``neighbors [N, K]`` holds indices into the stacked batch; the index ``N``
+  (one past the last point) is the *shadow neighbor* and means "no neighbor".
+
+For one cloud with per-point class distributions s_i and neighborhoods N(i):
+
+    S[a, b] = sum_i sum_{j in N(i), j != i} s_i[a] * s_j[b]
+    NCM     = S / sum(S)          (all zeros when the cloud has no valid pair)
+
+Only pairs (i, j) where both points are valid and belong to the same cloud
+count. The neighbor sum is a sparse (pairs x scores) product, so memory is
+O(N*C + B*C*C) beside the pair list, never O(N*K*C).
+"""
+import warnings
+
+import torch
+
+# Sparse CSR is "beta" in torch; the product we use (CSR @ dense, with
+# autograd on the dense side) is supported on CPU and CUDA.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+DIRECTIONS = ('forward', 'reverse')
+
+
+def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
+    """Sparse 0/1 adjacency [N, N] (CSR) of the pairs that count for the NCM.
+
+    Row i holds the neighbors j of point i that are real (not the shadow),
+    not i itself, in the same cloud as i, and, with `valid`, valid like i.
+    Clouds are contiguous in a stacked batch, so "same cloud" is a bounds
+    check per row. Computed once per batch, shared by target and prediction.
+    """
+    num_points = neighbors.shape[0]
+    device = neighbors.device
+    lengths = lengths.to(device).long()
+    cloud_end = torch.repeat_interleave(torch.cumsum(lengths, 0), lengths,
+                                        output_size=num_points)
+    cloud_start = cloud_end - torch.repeat_interleave(lengths, lengths,
+                                                      output_size=num_points)
+    rows = torch.arange(num_points, device=device).unsqueeze(1)
+    keep = ((neighbors >= cloud_start.unsqueeze(1)) &
+            (neighbors < cloud_end.unsqueeze(1)) & (neighbors != rows))
+    if valid is not None:
+        padded = torch.cat([valid, valid.new_zeros(1)])
+        keep &= valid.unsqueeze(1) & padded[torch.where(keep, neighbors,
+                                                        num_points)]
+    crow = torch.zeros(num_points + 1, dtype=torch.long, device=device)
+    crow[1:] = torch.cumsum(keep.sum(dim=1), 0)
+    columns = neighbors[keep].long()
+    return torch.sparse_csr_tensor(
+        crow, columns, torch.ones(columns.numel(), dtype=dtype, device=device),
+        (num_points, num_points), check_invariants=False)
+
+
+def cooccurrence_from_matrix(scores, adjacency, lengths):
+    """NCM of every cloud given the `neighbor_matrix` of the batch.
+
+    scores [N, C], adjacency [N, N] sparse, lengths [B] -> [B, C, C].
+    """
+    num_classes = scores.shape[1]
+    # neighbor_sum[i] = sum_{j in N(i)} s_j.
+    neighbor_sum = adjacency.to(scores.dtype) @ scores
+    # S_b = s_b^T @ neighbor_sum_b: one small matmul per cloud, vectorised
+    # over its points.
+    split = lengths.tolist()
+    if not split:
+        return scores.new_zeros((0, num_classes, num_classes))
+    counts = torch.stack([
+        s.T @ n for s, n in zip(torch.split(scores, split),
+                                torch.split(neighbor_sum, split))
+    ])
+    total = counts.sum(dim=(1, 2), keepdim=True)
+    return torch.where(total > 0, counts / total.clamp_min(1e-30),
+                       torch.zeros_like(counts))
+
+
+def _check_inputs(scores, neighbors, lengths, valid):
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [N, C], got shape {tuple(scores.shape)}")
+    if neighbors.dim() != 2 or neighbors.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"neighbors must be [N, K] with N = {scores.shape[0]} (the number "
+            f"of scores), got shape {tuple(neighbors.shape)}")
+    if neighbors.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"neighbors must be integer indices, got {neighbors.dtype}")
+    if lengths.dim() != 1 or int(lengths.sum()) != scores.shape[0]:
+        raise ValueError(
+            f"lengths must be [B] and sum to N = {scores.shape[0]}, got "
+            f"{lengths.tolist()}")
+    if valid is not None and (valid.dtype != torch.bool or
+                              valid.shape != scores.shape[:1]):
+        raise ValueError(
+            f"valid must be a bool tensor [N], got {valid.dtype} "
+            f"{tuple(valid.shape)}")
+
+
+def cooccurrence(scores, neighbors, lengths, valid=None):
+    """Normalised neighborhood co-occurrence matrix of every cloud.
+
+    Args:
+        scores: [N, C] float, per-point class distributions of the stacked
+            batch (one-hot labels for the target, softmax for the prediction).
+        neighbors: [N, K] long, neighbor indices into the batch; N = none.
+        lengths: [B] points per cloud (sums to N).
+        valid: optional [N] bool; invalid points are neither centre nor
+            neighbor.
+
+    Returns:
+        [B, C, C] tensor, each matrix summing to 1, or all zeros for a cloud
+        without a valid pair.
+    """
+    _check_inputs(scores, neighbors, lengths, valid)
+    adjacency = neighbor_matrix(neighbors, lengths, valid, scores.dtype)
+    return cooccurrence_from_matrix(scores, adjacency, lengths)
+
+
+def smooth(ncm, eps):
+    """(X + eps) / (1 + C*C*eps): a strictly positive distribution for the KL."""
+    num_cells = ncm.shape[-1] * ncm.shape[-2]
+    return (ncm + eps) / (1.0 + num_cells * eps)
+
+
+def ncm_kl(target, prediction, direction='forward', eps=1e-6):
+    """KL divergence between target and predicted NCMs, mean over clouds.
+
+    forward: KL(target || prediction); reverse: KL(prediction || target).
+    Both matrices are smoothed with `smooth`. Clouds whose target has no valid
+    pair (an all-zero matrix) are left out of the mean; with none left the
+    result is a zero that still belongs to the graph of `prediction`.
+
+    Args:
+        target, prediction: [B, C, C].
+    Returns:
+        scalar tensor.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if target.shape != prediction.shape or target.dim() != 3:
+        raise ValueError(
+            f"target and prediction must both be [B, C, C], got "
+            f"{tuple(target.shape)} and {tuple(prediction.shape)}")
+    has_pairs = target.sum(dim=(1, 2)) > 0
+    if not bool(has_pairs.any()):
+        return prediction.sum() * 0.0
+    p = smooth(target[has_pairs], eps)
+    q = smooth(prediction[has_pairs], eps)
+    if direction == 'reverse':
+        p, q = q, p
+    kl = (p * (p.log() - q.log())).sum(dim=(1, 2))
+    return kl.mean()

@@ -1,0 +1,214 @@
+"""The NCM math against brute-force references written straight from the paper."""
+import math
+
+import pytest
+import torch
+
+from ncm_plugin.ncm import cooccurrence, ncm_kl, smooth
+
+
+def brute_force_ncm(scores, neighbors, lengths, valid=None):
+    """Double loop over clouds, points and neighbors: the definition, verbatim."""
+    num_points, num_classes = scores.shape
+    if valid is None:
+        valid = torch.ones(num_points, dtype=torch.bool)
+    out = []
+    start = 0
+    for length in lengths.tolist():
+        counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+        for i in range(start, start + length):
+            if not valid[i]:
+                continue
+            for j in neighbors[i].tolist():
+                if j == num_points or j == i or not (start <= j < start + length):
+                    continue
+                if not valid[j]:
+                    continue
+                counts += torch.outer(scores[i].double(), scores[j].double())
+        total = counts.sum()
+        out.append(counts / total if total > 0 else counts)
+        start += length
+    return torch.stack(out)
+
+
+def random_batch(lengths, num_classes, max_neighbors, seed, cross_cloud=False):
+    """Random stacked batch with shadow neighbors (index N) in every row."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    num_points = int(lengths.sum())
+    scores = torch.softmax(torch.randn(num_points, num_classes, generator=gen), 1)
+    starts = torch.cumsum(lengths, 0) - lengths
+    cloud = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    low = starts[cloud].unsqueeze(1)
+    high = (starts + lengths)[cloud].unsqueeze(1)
+    if cross_cloud:
+        low, high = torch.zeros_like(low), torch.full_like(high, num_points)
+    neighbors = low + (torch.rand(num_points, max_neighbors, generator=gen) *
+                       (high - low)).long()
+    shadow = torch.rand(num_points, max_neighbors, generator=gen) < 0.3
+    neighbors[shadow] = num_points
+    return scores, neighbors, lengths
+
+
+@pytest.mark.parametrize("lengths", [[7], [5, 9, 3], [12, 1, 6]])
+def test_cooccurrence_matches_brute_force(lengths):
+    scores, neighbors, lengths = random_batch(lengths, 4, 6, seed=len(lengths))
+    expected = brute_force_ncm(scores, neighbors, lengths)
+    got = cooccurrence(scores.double(), neighbors, lengths)
+    torch.testing.assert_close(got, expected)
+
+
+def test_invalid_points_are_neither_centre_nor_neighbor():
+    scores, neighbors, lengths = random_batch([10, 8], 3, 5, seed=3)
+    valid = torch.rand(18, generator=torch.Generator().manual_seed(0)) > 0.4
+    expected = brute_force_ncm(scores, neighbors, lengths, valid)
+    got = cooccurrence(scores.double(), neighbors, lengths, valid)
+    torch.testing.assert_close(got, expected)
+    # Changing the scores of invalid points changes nothing.
+    noisy = scores.clone()
+    noisy[~valid] = torch.softmax(torch.randn(int((~valid).sum()), 3), 1)
+    torch.testing.assert_close(cooccurrence(noisy.double(), neighbors, lengths,
+                                            valid), got)
+
+
+def test_self_pairs_are_excluded():
+    # Two points of different classes, each listing itself and the other.
+    scores = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neighbors = torch.tensor([[0, 1], [1, 0]])
+    got = cooccurrence(scores, neighbors, torch.tensor([2]))
+    torch.testing.assert_close(got[0], torch.tensor([[0.0, 0.5], [0.5, 0.0]]))
+
+
+def test_clouds_never_mix():
+    scores, neighbors, lengths = random_batch([6, 6], 3, 8, seed=5,
+                                              cross_cloud=True)
+    got = cooccurrence(scores.double(), neighbors, lengths)
+    torch.testing.assert_close(got, brute_force_ncm(scores, neighbors, lengths))
+    alone = cooccurrence(scores[:6].double(),
+                         torch.where(neighbors[:6] < 6, neighbors[:6], 6),
+                         torch.tensor([6]))
+    torch.testing.assert_close(got[0], alone[0])
+
+
+def test_known_counts_on_a_line_of_points():
+    # Labels 0 0 1 1 on a line, neighbors = previous and next point.
+    one_hot = torch.eye(2)[torch.tensor([0, 0, 1, 1])]
+    neighbors = torch.tensor([[1, 4], [0, 2], [1, 3], [2, 4]])
+    got = cooccurrence(one_hot, neighbors, torch.tensor([4]))
+    # ordered pairs: (0,1)->aa (1,0)->aa (1,2)->ab (2,1)->ba (2,3)->bb (3,2)->bb
+    torch.testing.assert_close(got[0], torch.tensor([[2.0, 1.0], [1.0, 2.0]]) / 6)
+
+
+def test_cloud_without_pairs_gives_zero_matrix():
+    scores = torch.softmax(torch.randn(5, 3), 1)
+    neighbors = torch.full((5, 4), 5)  # every neighbor is the shadow
+    got = cooccurrence(scores, neighbors, torch.tensor([2, 3]))
+    assert got.shape == (2, 3, 3)
+    assert torch.count_nonzero(got) == 0
+
+
+def test_int32_neighbors_and_empty_neighbor_lists():
+    scores, neighbors, lengths = random_batch([4, 5], 3, 3, seed=2)
+    got32 = cooccurrence(scores, neighbors.int(), lengths)
+    torch.testing.assert_close(got32, cooccurrence(scores, neighbors, lengths))
+    empty = cooccurrence(scores, neighbors[:, :0], lengths)
+    assert torch.count_nonzero(empty) == 0
+
+
+def test_bad_shapes_are_reported():
+    scores = torch.rand(4, 3)
+    with pytest.raises(ValueError, match="neighbors must be"):
+        cooccurrence(scores, torch.zeros(3, 2, dtype=torch.long), torch.tensor([4]))
+    with pytest.raises(ValueError, match="lengths"):
+        cooccurrence(scores, torch.zeros(4, 2, dtype=torch.long), torch.tensor([3]))
+
+
+def direct_kl(p, q):
+    return sum(p[a, b].item() * math.log(p[a, b].item() / q[a, b].item())
+               for a in range(p.shape[0]) for b in range(p.shape[1]))
+
+
+def random_ncm(batch, num_classes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, num_classes, num_classes, generator=gen,
+                   dtype=torch.float64)
+    return x / x.sum(dim=(1, 2), keepdim=True)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_kl_matches_direct_formula(direction):
+    eps = 1e-3
+    target, prediction = random_ncm(3, 4, 0), random_ncm(3, 4, 1)
+    p, q = smooth(target, eps), smooth(prediction, eps)
+    if direction == "reverse":
+        p, q = q, p
+    expected = sum(direct_kl(p[b], q[b]) for b in range(3)) / 3
+    got = ncm_kl(target, prediction, direction, eps)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_smoothed_matrices_are_distributions():
+    x = smooth(random_ncm(2, 5, 4), 1e-2)
+    torch.testing.assert_close(x.sum(dim=(1, 2)), torch.ones(2, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_kl_is_zero_iff_equal(direction):
+    target = random_ncm(2, 3, 7)
+    assert ncm_kl(target, target.clone(), direction).item() == pytest.approx(0, abs=1e-12)
+    assert ncm_kl(target, random_ncm(2, 3, 8), direction).item() > 1e-4
+
+
+def test_directions_differ():
+    target, prediction = random_ncm(1, 3, 2), random_ncm(1, 3, 3)
+    assert ncm_kl(target, prediction, "forward") != ncm_kl(target, prediction, "reverse")
+
+
+def test_kl_skips_clouds_without_pairs():
+    target, prediction = random_ncm(3, 3, 0), random_ncm(3, 3, 1)
+    target[1] = 0
+    expected = (ncm_kl(target[[0]], prediction[[0]]) +
+                ncm_kl(target[[2]], prediction[[2]])) / 2
+    torch.testing.assert_close(ncm_kl(target, prediction), expected)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_kl_is_finite_on_degenerate_clouds(direction):
+    # One class only, all points ignored, empty neighbor lists.
+    one_class = torch.eye(3)[torch.zeros(6, dtype=torch.long)]
+    line = torch.tensor([[1, 6], [0, 2], [1, 3], [2, 4], [3, 5], [4, 6]])
+    lengths = torch.tensor([6])
+    logits = torch.randn(6, 3, requires_grad=True)
+    cases = [
+        (one_class, line, None),
+        (one_class, line, torch.zeros(6, dtype=torch.bool)),
+        (one_class, line[:, :0], None),
+    ]
+    for target_scores, neighbors, valid in cases:
+        target = cooccurrence(target_scores, neighbors, lengths, valid)
+        prediction = cooccurrence(torch.softmax(logits, 1), neighbors, lengths, valid)
+        loss = ncm_kl(target, prediction, direction)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.isfinite(logits.grad).all()
+        logits.grad = None
+
+
+def test_unknown_direction_is_refused():
+    with pytest.raises(ValueError, match="direction"):
+        ncm_kl(random_ncm(1, 2, 0), random_ncm(1, 2, 1), "sideways")
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_gradcheck_double_precision(direction):
+    scores, neighbors, lengths = random_batch([5, 4], 3, 4, seed=11)
+    labels = torch.randint(0, 3, (9,), generator=torch.Generator().manual_seed(1))
+    target = cooccurrence(torch.eye(3, dtype=torch.float64)[labels], neighbors,
+                          lengths)
+    logits = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+
+    def loss(x):
+        prediction = cooccurrence(torch.softmax(x, 1), neighbors, lengths)
+        return ncm_kl(target, prediction, direction, eps=1e-3)
+
+    assert torch.autograd.gradcheck(loss, (logits,))

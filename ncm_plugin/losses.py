@@ -1,0 +1,146 @@
+"""NCMLoss: the glue from a KPConv batch to the NCM math in `ncm.py`."""
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from .ncm import DIRECTIONS, cooccurrence_from_matrix, ncm_kl, neighbor_matrix
+
+NEIGHBORHOODS = ('kpconv', 'knn')
+
+
+@dataclass(frozen=True)
+class NCMConfig:
+    """The `model.ncm` section of a config: the one place its defaults live.
+
+    weight: factor of the NCM term in the training loss (0 = stock KPConv).
+    direction: 'forward' = KL(target || prediction), 'reverse' = KL(prediction
+        || target); the paper uses reverse for large outdoor scenes.
+    eps: smoothing of both matrices before the KL.
+    neighborhood: 'kpconv' reuses the layer-0 neighbor lists (radius
+        conv_radius * first_subsampling_dl) that the batch already carries;
+        'knn' searches the `k` nearest neighbors of every point inside its
+        own cloud (Open3D's knn_search).
+    """
+    weight: float = 1.0
+    direction: str = 'forward'
+    eps: float = 1e-6
+    neighborhood: str = 'kpconv'
+    k: int = 16
+
+    @classmethod
+    def from_dict(cls, section, where='model.ncm'):
+        """Validate a config section; errors name the offending key."""
+        section = dict(section or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise KeyError(f"{where}: unknown key(s) {unknown}; known keys are "
+                           f"{sorted(known)}")
+        for key, value in section.items():
+            expected = known[key].type
+            accepted = (int, float) if expected is float else expected
+            if isinstance(value, bool) or not isinstance(value, accepted):
+                raise TypeError(f"{where}.{key} must be a {expected.__name__},"
+                                f" got {value!r}")
+            section[key] = expected(value)
+        cfg = cls(**section)
+        if cfg.direction not in DIRECTIONS:
+            raise ValueError(f"{where}.direction must be one of {DIRECTIONS}, "
+                             f"got {cfg.direction!r}")
+        if cfg.neighborhood not in NEIGHBORHOODS:
+            raise ValueError(f"{where}.neighborhood must be one of "
+                             f"{NEIGHBORHOODS}, got {cfg.neighborhood!r}")
+        for key in ('weight', 'eps'):
+            if getattr(cfg, key) < 0:
+                raise ValueError(f"{where}.{key} must be >= 0, got "
+                                 f"{getattr(cfg, key)}")
+        if cfg.k < 1:
+            raise ValueError(f"{where}.k must be >= 1, got {cfg.k}")
+        return cfg
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def class_indices(labels, num_classes, ignored_label_inds):
+    """Dataset labels -> logit columns, as Open3D-ML's filter_valid_label.
+
+    labels [N] long. Ignored labels are dropped from the label range, so every
+    label above an ignored one moves down by one. Returns (indices [N] long,
+    valid [N] bool); indices of invalid points are 0.
+    """
+    ignored = torch.as_tensor(list(ignored_label_inds), dtype=labels.dtype,
+                              device=labels.device)
+    valid = ~torch.isin(labels, ignored)
+    shift = (labels.unsqueeze(1) > ignored).sum(dim=1)
+    indices = torch.where(valid, labels - shift, torch.zeros_like(labels))
+    if valid.any() and int(indices[valid].max()) >= num_classes:
+        raise ValueError(
+            f"label {int(labels[valid].max())} is out of range for "
+            f"num_classes={num_classes} with ignored_label_inds="
+            f"{list(ignored_label_inds)}")
+    return indices, valid
+
+
+def knn_neighbors(points, lengths, k):
+    """k nearest neighbors of every point inside its own cloud.
+
+    points [N, 3], lengths [B] -> [N, k] long, index N where a cloud has fewer
+    than k other points (KPConv's shadow convention). The point itself is
+    excluded.
+    """
+    from open3d.ml.torch.ops import knn_search, ragged_to_dense
+    splits = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
+    splits[1:] = torch.cumsum(lengths.cpu().long(), 0)
+    points = points.detach().float().contiguous()
+    result = knn_search(points, points, k, splits.to(points.device),
+                        splits.to(points.device), ignore_query_point=True)
+    shadow = torch.tensor([points.shape[0]], dtype=torch.int64,
+                          device=points.device)
+    return ragged_to_dense(result.neighbors_index.long(),
+                           result.neighbors_row_splits, k, shadow)
+
+
+class NCMLoss(torch.nn.Module):
+    """Weighted NCM term of a KPConv batch: weight * KL(NCM_target, NCM_pred).
+
+    The target NCM comes from the labels, the predicted one from the softmax
+    of the logits; both use the same neighborhood and the same valid points.
+    After each call, `last_kl` holds the unweighted KL (detached) for logging.
+    """
+
+    def __init__(self, num_classes, ignored_label_inds=(), weight=1.0,
+                 direction='forward', eps=1e-6, neighborhood='kpconv', k=16):
+        super().__init__()
+        self.cfg = NCMConfig.from_dict(
+            dict(weight=weight, direction=direction, eps=eps,
+                 neighborhood=neighborhood, k=k))
+        self.num_classes = num_classes
+        self.ignored_label_inds = tuple(ignored_label_inds)
+        self.last_kl = None
+
+    def neighbors(self, batch):
+        """[N, K] neighbor indices of the layer-0 points, index N = none."""
+        if self.cfg.neighborhood == 'knn':
+            return knn_neighbors(batch.points[0], batch.lengths[0], self.cfg.k)
+        return batch.neighbors[0]
+
+    def forward(self, logits, labels, batch):
+        """logits [N, C] float, labels [N] dataset labels, batch a KPConvBatch."""
+        if logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits have {logits.shape[1]} columns, "
+                             f"expected num_classes={self.num_classes}")
+        indices, valid = class_indices(labels.long(), self.num_classes,
+                                       self.ignored_label_inds)
+        lengths = batch.lengths[0]
+        # float32 even under autocast: the KL of small probabilities needs it.
+        with torch.autocast(logits.device.type, enabled=False):
+            adjacency = neighbor_matrix(self.neighbors(batch), lengths, valid)
+            target = cooccurrence_from_matrix(
+                torch.nn.functional.one_hot(indices, self.num_classes).float(),
+                adjacency, lengths)
+            prediction = cooccurrence_from_matrix(
+                torch.softmax(logits.float(), dim=1), adjacency, lengths)
+            kl = ncm_kl(target, prediction, self.cfg.direction, self.cfg.eps)
+        self.last_kl = kl.detach()
+        return self.cfg.weight * kl

@@ -1,0 +1,44 @@
+"""NCMKPFCNN: Open3D-ML's KPFCNN whose training loss gains the NCM term."""
+import torch
+from open3d._ml3d.torch.models.kpconv import KPFCNN
+from open3d._ml3d.utils import MODEL
+
+from .losses import NCMConfig, NCMLoss
+
+
+class NCMKPFCNN(KPFCNN):
+    """KPFCNN + weight * NCM loss (Gong, Ye, Ma, CVM 2022).
+
+    Everything but `get_loss` is the stock KPFCNN: same architecture,
+    preprocessing, batching and inference. Settings live under `model.ncm`
+    (see `NCMConfig`); with weight 0 the loss is exactly KPFCNN's.
+    """
+
+    def __init__(self, name='NCMKPFCNN', ncm=None, **kwargs):
+        ncm_cfg = NCMConfig.from_dict(ncm)
+        super().__init__(name=name, ncm=ncm_cfg.to_dict(), **kwargs)
+        self.ncm_loss = NCMLoss(self.cfg.num_classes,
+                                self.cfg.ignored_label_inds,
+                                **ncm_cfg.to_dict())
+        self.loss_terms = {}
+
+    def get_loss(self, Loss, results, inputs, device):
+        """Stock loss (weighted CE + deformable regularizer) + NCM term.
+
+        Leaves the separate terms, as floats, in `self.loss_terms` so the
+        pipeline can log them.
+        """
+        loss, labels, scores = super().get_loss(Loss, results, inputs, device)
+        terms = {'cross_entropy': self.output_loss, 'regularizer': self.reg_loss}
+        if self.ncm_loss.cfg.weight > 0:
+            batch = inputs['data']
+            ncm_term = self.ncm_loss(results, batch.labels, batch)
+            loss = loss + ncm_term
+            terms['ncm'] = ncm_term
+            terms['ncm_kl'] = self.ncm_loss.last_kl
+        self.loss_terms = {k: float(torch.as_tensor(v).detach())
+                           for k, v in terms.items()}
+        return loss, labels, scores
+
+
+MODEL._register_module(NCMKPFCNN, 'torch')

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny KPConv configuration and a tiny synthetic scene."""
+import numpy as np
+import pytest
+
+import ncm_plugin  # noqa: F401  (fills Open3D-ML's registries)
+
+TINY_MODEL = dict(
+    num_classes=3,
+    lbl_values=[0, 1, 2],
+    ignored_label_inds=[],
+    architecture=['simple', 'resnetb', 'resnetb_strided', 'resnetb_deformable',
+                  'nearest_upsample', 'unary'],
+    num_layers=2,
+    first_features_dim=16,
+    in_features_dim=5,
+    in_radius=1.0,
+    first_subsampling_dl=0.1,
+    max_in_points=5000,
+    batch_limit=20000,
+    num_kernel_points=15,
+    batch_norm_momentum=0.02,
+    augment_color=1.0,
+    t_normalize={'method': 'linear', 'normalize_points': False,
+                 'feat_bias': 0, 'feat_scale': 255},
+)
+
+
+@pytest.fixture(autouse=True, scope='session')
+def kernel_cache(tmp_path_factory):
+    """KPConv writes its kernel dispositions to ./kernels: keep them in tmp."""
+    mp = pytest.MonkeyPatch()
+    mp.chdir(tmp_path_factory.mktemp('cwd'))
+    yield
+    mp.undo()
+
+
+def tiny_scene(seed=0, num_points=3000):
+    """A floor (label 0), a wall (label 1) and a box (label 2), with colours."""
+    rng = np.random.default_rng(seed)
+    third = num_points // 3
+    floor = np.c_[rng.uniform(-1, 1, (third, 2)), np.zeros(third)]
+    wall = np.c_[rng.uniform(-1, 1, third), np.full(third, 1.0),
+                 rng.uniform(0, 1, third)]
+    box = rng.uniform([-0.3, -0.3, 0.0], [0.3, 0.3, 0.5], (third, 3))
+    points = np.concatenate([floor, wall, box]).astype(np.float32)
+    labels = np.repeat(np.arange(3), third).astype(np.int32)
+    colours = np.array([[120, 100, 80], [200, 200, 200], [40, 60, 160]])
+    feat = (colours[labels] + rng.normal(0, 10, (len(labels), 3))).astype(
+        np.float32)
+    return {'point': points, 'feat': feat, 'label': labels}
+
+
+def whole_cloud_sampler(pc, **kwargs):
+    """Point sampler that takes every point, centred on the cloud's centre."""
+    idxs = np.arange(len(pc))
+    return pc, idxs, pc.mean(axis=0, keepdims=True)
+
+
+def kpconv_batch(model, scenes, split='training'):
+    """Run Open3D-ML's preprocess, transform and ConcatBatcher on scenes."""
+    from open3d._ml3d.torch.dataloaders import ConcatBatcher
+    model.trans_point_sampler = whole_cloud_sampler
+    items = []
+    for scene in scenes:
+        attr = {'split': split, 'name': 'tiny', 'idx': 0}
+        data = model.transform(model.preprocess(scene, attr), attr)
+        items.append({'data': data, 'attr': attr})
+    return ConcatBatcher('cpu', 'KPFCNN').collate_fn(items)

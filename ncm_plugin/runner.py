@@ -1,0 +1,175 @@
+"""Open3D-ML's run_pipeline command line, for the plugin's classes.
+
+    python scripts/run_pipeline.py torch -c ncm_kpconv_s3dis.yml \
+        --dataset_path DATA --device cuda --pipeline.max_epoch 2 \
+        --model.ncm.weight 0.5
+
+`-c` takes a path or a bare file name found in the repository's configs/.
+Dotted overrides are parsed as YAML values (numbers, booleans, lists).
+"""
+import argparse
+import logging
+import pprint
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / 'configs'
+SECTIONS = ('dataset', 'model', 'pipeline')
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv):
+    """Open3D-ML's arguments, plus any number of --section.key value pairs."""
+    parser = argparse.ArgumentParser(
+        description='Train or test an Open3D-ML pipeline (with the NCM plugin)')
+    parser.add_argument('framework', choices=['torch', 'pytorch'],
+                        help='deep learning framework (torch only)')
+    parser.add_argument('-c', '--cfg_file', required=True,
+                        help='config file: a path, or a name in configs/')
+    parser.add_argument('--dataset_path', help='path to the dataset')
+    parser.add_argument('--ckpt_path', help='checkpoint to load')
+    parser.add_argument('--device', choices=['cpu', 'cuda', 'gpu'],
+                        help='device (default: cuda when available)')
+    parser.add_argument('--split', default='train', choices=['train', 'test'],
+                        help='train (default) or test')
+    parser.add_argument('--main_log_dir', help='folder for logs and checkpoints')
+    parser.add_argument('--seed', type=int, default=0, help='random seed')
+    args, rest = parser.parse_known_args(argv)
+    return args, parse_overrides(rest, parser)
+
+
+def parse_overrides(tokens, parser):
+    """['--model.ncm.weight', '0.5', ...] -> {'model.ncm.weight': 0.5}."""
+    overrides = {}
+    it = iter(tokens)
+    for token in it:
+        key = token[2:] if token.startswith('--') else None
+        if key is None or '.' not in key or key.split('.')[0] not in SECTIONS:
+            parser.error(f"unrecognized argument {token!r}: overrides look "
+                         f"like --dataset.KEY, --model.KEY or --pipeline.KEY")
+        if '=' in key:
+            key, value = key.split('=', 1)
+        else:
+            value = next(it, None)
+            if value is None:
+                parser.error(f"{token} needs a value")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def resolve_config(name):
+    """A config path, or a bare name looked up in configs/."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / path.name
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.name for p in CONFIG_DIR.glob('*.yml'))
+    raise FileNotFoundError(f"config {name!r} not found, neither as a path nor "
+                            f"in {CONFIG_DIR} (available: {known})")
+
+
+def load_config(path):
+    """YAML config -> {'dataset': {}, 'model': {}, 'pipeline': {}}."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    missing = [s for s in SECTIONS if not isinstance(cfg.get(s), dict)]
+    if missing:
+        raise ValueError(f"{path}: missing section(s) {missing}")
+    extra = sorted(set(cfg) - set(SECTIONS))
+    if extra:
+        raise ValueError(f"{path}: unknown top-level key(s) {extra}; a config "
+                         f"has only {list(SECTIONS)}")
+    return cfg
+
+
+def apply_overrides(cfg, overrides, source):
+    """Set dotted keys in place; warn when a key is new to the config."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split('.')
+        node = cfg
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--{dotted}: {part!r} is not a section in "
+                                 f"{source}")
+            node = child
+        if leaf not in node:
+            log.warning("--%s is not in %s; adding it", dotted, source)
+        node[leaf] = value
+    return cfg
+
+
+def apply_arguments(cfg, args):
+    """The named arguments, as Open3D-ML's Config.merge_cfg_file does."""
+    if args.dataset_path is not None:
+        cfg['dataset']['dataset_path'] = args.dataset_path
+    if args.ckpt_path is not None:
+        cfg['model']['ckpt_path'] = args.ckpt_path
+    if args.main_log_dir is not None:
+        cfg['pipeline']['main_log_dir'] = args.main_log_dir
+    if args.device is not None:
+        cfg['pipeline']['device'] = 'cuda' if args.device == 'gpu' else args.device
+    cfg['pipeline']['split'] = args.split
+    return cfg
+
+
+def prepare_demo_data(dataset_cfg):
+    """Write the synthetic dataset a demo config asks for, when missing."""
+    demo = dataset_cfg.pop('demo_data', None)
+    path = dataset_cfg.get('dataset_path')
+    if demo is None or path is None or Path(path).exists():
+        return
+    from .datasets.synthetic import WRITERS
+    kind = demo.get('kind', 's3dis') if isinstance(demo, dict) else demo
+    options = {k: v for k, v in (demo.items() if isinstance(demo, dict) else [])
+               if k != 'kind'}
+    log.info("Writing synthetic %s data to %s", kind, path)
+    WRITERS[kind](path, **options)
+
+
+def build(cfg, seed=0):
+    """Dataset, model and pipeline objects from a merged config."""
+    import ncm_plugin  # noqa: F401  (fills the registries)
+    from open3d._ml3d.utils import get_module
+    rng = np.random.default_rng(seed)
+    Dataset = get_module('dataset', cfg['dataset']['name'])
+    Model = get_module('model', cfg['model']['name'], 'torch')
+    Pipeline = get_module('pipeline', cfg['pipeline']['name'], 'torch')
+    prepare_demo_data(cfg['dataset'])
+    dataset = Dataset(**cfg['dataset'], seed=rng)
+    model = Model(**cfg['model'], seed=rng)
+    pipeline = Pipeline(model, dataset, **cfg['pipeline'], seed=rng)
+    return dataset, model, pipeline
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(
+        level=logging.INFO,
+        format='%(levelname)s - %(asctime)s - %(module)s - %(message)s')
+    args, overrides = parse_args(argv)
+    try:
+        path = resolve_config(args.cfg_file)
+        cfg = apply_arguments(load_config(path), args)
+        apply_overrides(cfg, overrides, path)
+        dataset, model, pipeline = build(cfg, args.seed)
+    except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
+        # Configuration and data-path mistakes: one line, no traceback.
+        message = error.args[0] if isinstance(error, KeyError) else error
+        sys.exit(f"run_pipeline: error: {message}")
+    pipeline.cfg_tb = {
+        'readme': 'NCM-KPConv (ncm_plugin)',
+        'cmd_line': ' '.join(['run_pipeline.py'] + list(argv)),
+        **{s: pprint.pformat(cfg[s], indent=2) for s in SECTIONS}
+    }
+    if args.split == 'test':
+        pipeline.run_test()
+    else:
+        pipeline.run_train()
+    return pipeline

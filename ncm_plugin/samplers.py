@@ -1,0 +1,79 @@
+"""A spatially regular sampler whose state survives DataLoader workers.
+
+Open3D-ML's SemSegSpatiallyRegularSampler keeps its sampling state (the
+per-point "possibilities", each cloud's minimum and the current `cloud_id`)
+in plain Python attributes. With `num_workers > 0` every worker updates its
+own copy: the main process then never sees a cloud being covered and keeps
+choosing the same one, and the workers read a stale `cloud_id`. Here the
+state lives in shared memory, the cloud of each item is set in the process
+that samples it, and picking a sphere centre is done under a lock.
+"""
+import multiprocessing
+
+import numpy as np
+import torch
+from open3d._ml3d.datasets.samplers import SemSegSpatiallyRegularSampler
+from open3d._ml3d.torch.dataloaders import TorchDataloader
+from open3d._ml3d.utils import SAMPLER
+
+# Workers are forked: the samplers' point-sampling closures cannot be pickled
+# (so 'spawn' and 'forkserver' fail) and fork shares the state below for free.
+WORKER_START_METHOD = 'fork'
+
+
+class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
+    """SemSegSpatiallyRegularSampler with its state in shared memory."""
+
+    def initialize_with_dataloader(self, dataloader):
+        super().initialize_with_dataloader(dataloader)
+        sizes = [len(p) for p in self.possibilities]
+        flat = torch.from_numpy(np.concatenate(self.possibilities))
+        self._shared = (flat.share_memory_(),
+                        torch.tensor(self.min_possibilities,
+                                     dtype=torch.float64).share_memory_())
+        # numpy views on the shared tensors: the stock code indexes them.
+        self.possibilities = np.split(self._shared[0].numpy(),
+                                      np.cumsum(sizes)[:-1])
+        self.min_possibilities = self._shared[1].numpy()
+        self._lock = multiprocessing.get_context(WORKER_START_METHOD).Lock()
+
+    def get_point_sampler(self):
+        sample = super().get_point_sampler()
+        lock = self._lock
+
+        def locked_sample(**kwargs):
+            with lock:
+                return sample(**kwargs)
+
+        return locked_sample
+
+
+class CloudAwareDataloader(TorchDataloader):
+    """TorchDataloader that tells the sampler which cloud an item comes from.
+
+    The stock point sampler reads `sampler.cloud_id`, which the cloud sampler
+    sets in the main process; a worker must set it itself before sampling.
+    """
+
+    def __init__(self, *args, sampler=None, **kwargs):
+        super().__init__(*args, sampler=sampler, **kwargs)
+        self.sampler = sampler
+
+    def __getitem__(self, index):
+        if self.sampler is not None:
+            self.sampler.cloud_id = index % len(self.dataset)
+        return super().__getitem__(index)
+
+
+def seed_worker(worker_id):
+    """Give numpy and random a distinct seed in every worker.
+
+    (Open3D-ML's own worker_init_fn overflows on numpy 2.)
+    """
+    import random
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+SAMPLER._register_module(SharedSpatiallyRegularSampler)

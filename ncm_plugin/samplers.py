@@ -5,8 +5,10 @@ per-point "possibilities", each cloud's minimum and the current `cloud_id`)
 in plain Python attributes. With `num_workers > 0` every worker updates its
 own copy: the main process then never sees a cloud being covered and keeps
 choosing the same one, and the workers read a stale `cloud_id`. Here the
-state lives in shared memory, the cloud of each item is set in the process
-that samples it, and picking a sphere centre is done under a lock.
+state lives in shared memory and the process that loads an item chooses its
+cloud (the least covered one, as the stock sampler) and its sphere centre
+under a lock, as KPConv's own loader does; the indices the main process
+prefetches for the workers would otherwise all name the same cloud.
 """
 import multiprocessing
 
@@ -19,6 +21,8 @@ from open3d._ml3d.utils import SAMPLER
 # Workers are forked: the samplers' point-sampling closures cannot be pickled
 # (so 'spawn' and 'forkserver' fail) and fork shares the state below for free.
 WORKER_START_METHOD = 'fork'
+# Splits the stock sampler draws from at random (the others are swept in order).
+TRAINING_SPLITS = ('train', 'validation', 'valid', 'training')
 
 
 class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
@@ -37,6 +41,11 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
         self.min_possibilities = self._shared[1].numpy()
         self._lock = multiprocessing.get_context(WORKER_START_METHOD).Lock()
 
+    def choose_cloud(self):
+        """The least covered cloud, read at the moment an item is loaded."""
+        with self._lock:
+            return int(np.argmin(self.min_possibilities))
+
     def get_point_sampler(self):
         sample = super().get_point_sampler()
         lock = self._lock
@@ -49,10 +58,12 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
 
 
 class CloudAwareDataloader(TorchDataloader):
-    """TorchDataloader that tells the sampler which cloud an item comes from.
+    """TorchDataloader that sets the sampler's cloud where the item is loaded.
 
     The stock point sampler reads `sampler.cloud_id`, which the cloud sampler
     sets in the main process; a worker must set it itself before sampling.
+    With a SharedSpatiallyRegularSampler the cloud is chosen here, from the
+    shared state, rather than taken from the prefetched index.
     """
 
     def __init__(self, *args, sampler=None, **kwargs):
@@ -60,6 +71,9 @@ class CloudAwareDataloader(TorchDataloader):
         self.sampler = sampler
 
     def __getitem__(self, index):
+        if isinstance(self.sampler, SharedSpatiallyRegularSampler) and \
+                self.sampler.split in TRAINING_SPLITS:
+            index = self.sampler.choose_cloud()
         if self.sampler is not None:
             self.sampler.cloud_id = index % len(self.dataset)
         return super().__getitem__(index)

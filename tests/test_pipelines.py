@@ -1,0 +1,102 @@
+"""NCMSemanticSegmentation: dispatch, sphere check, workers, loss-term logs."""
+import pickle
+
+import numpy as np
+import pytest
+from open3d._ml3d.datasets import S3DIS
+from open3d._ml3d.utils import Config, get_module
+
+from conftest import TINY_MODEL, tiny_scene
+from ncm_plugin.models import NCMKPFCNN
+from ncm_plugin.pipelines import (DegenerateSpheresError,
+                                  NCMSemanticSegmentation, check_spheres)
+from ncm_plugin.samplers import SharedSpatiallyRegularSampler
+
+
+@pytest.fixture(scope='module')
+def cached_s3dis(tmp_path_factory):
+    """Two rooms per area in the stock S3DIS cache format (original_pkl)."""
+    root = tmp_path_factory.mktemp('s3dis')
+    (root / 'original_pkl').mkdir()
+    for area in (1, 2, 5):
+        for room in range(2):
+            scene = tiny_scene(10 * area + room, 3000)
+            cloud = np.c_[2 * scene['point'], scene['feat'], scene['label']]
+            with open(root / 'original_pkl' / f'Area_{area}_room_{room}.pkl',
+                      'wb') as f:
+                pickle.dump([cloud.astype(np.float64), []], f)
+    return root
+
+
+def make_pipeline(root, tmp_path, **pipeline):
+    dataset = S3DIS(dataset_path=str(root), test_area_idx=5, use_cache=False,
+                    sampler={'name': 'SharedSpatiallyRegularSampler'},
+                    steps_per_epoch_train=6, steps_per_epoch_valid=2)
+    model = NCMKPFCNN(**{**TINY_MODEL, 'num_classes': 13,
+                         'lbl_values': list(range(13))})
+    settings = dict(batch_size=2, val_batch_size=2, max_epoch=0,
+                    main_log_dir=str(tmp_path / 'logs'), device='cpu',
+                    learning_rate=0.01, momentum=0.9, weight_decay=0.0,
+                    deform_lr_factor=0.1, scheduler_gamma=0.9,
+                    save_ckpt_freq=1, train_sum_dir='tb')
+    settings.update(pipeline)
+    return NCMSemanticSegmentation(model, dataset, **settings)
+
+
+def test_pipeline_is_registered():
+    assert get_module('pipeline', 'NCMSemanticSegmentation',
+                      'torch') is NCMSemanticSegmentation
+
+
+def test_batcher_dispatches_on_the_class(cached_s3dis, tmp_path):
+    pipeline = make_pipeline(cached_s3dis, tmp_path)
+    assert pipeline.model.cfg.name == 'NCMKPFCNN'
+    assert pipeline.get_batcher('cpu').model == 'KPFCNN'
+
+
+def test_degenerate_spheres_are_refused():
+    cfg = Config({'in_radius': 2.0, 'first_subsampling_dl': 0.04,
+                  'max_in_points': 40000, 'batch_limit': 200000})
+    with pytest.raises(DegenerateSpheresError, match='SemSegRandomSampler'):
+        check_spheres([3, 3, 3], cfg, 'SemSegRandomSampler')
+    check_spheres([6000, 9000, 400], cfg, 'SharedSpatiallyRegularSampler')
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_sampler_state_is_shared_with_workers(cached_s3dis, tmp_path,
+                                              num_workers):
+    pipeline = make_pipeline(cached_s3dis, tmp_path, num_workers=num_workers)
+    loader, sampler = pipeline._loader('train', 2, 'steps_per_epoch_train')
+    assert isinstance(sampler, SharedSpatiallyRegularSampler)
+    before = [p.copy() for p in sampler.possibilities]
+    pipeline.model.trans_point_sampler = sampler.get_point_sampler()
+    sizes = [b['data'].lengths[0].tolist() for b in loader]
+    assert len(sizes) == 3 and all(min(s) > 50 for s in sizes)
+    # The main process sees what the workers sampled: 6 spheres' worth of
+    # possibility, spread over several clouds.
+    touched = [int((p > b).sum()) for p, b in zip(sampler.possibilities,
+                                                  before)]
+    assert sum(touched) > 6 * 50
+    assert sum(t > 0 for t in touched) >= 2
+    assert min(sampler.min_possibilities) == pytest.approx(
+        min(float(p.min()) for p in sampler.possibilities))
+
+
+def test_training_logs_every_loss_term(cached_s3dis, tmp_path, caplog):
+    from tensorboard.backend.event_processing.event_accumulator import \
+        EventAccumulator
+    pipeline = make_pipeline(cached_s3dis, tmp_path, max_epoch=1)
+    with caplog.at_level('INFO'):
+        pipeline.run_train()
+    assert 'Training loss terms: cross_entropy' in caplog.text
+    assert 'ncm_kl' in caplog.text
+    events = EventAccumulator(pipeline.tensorboard_dir)
+    events.Reload()
+    tags = events.Tags()['scalars']
+    for term in ('cross_entropy', 'regularizer', 'ncm', 'ncm_kl'):
+        assert f'Training loss/{term}' in tags
+        assert f'Validation loss/{term}' in tags
+    steps = [e.step for e in events.Scalars('Training loss/ncm_kl')]
+    assert steps == [0, 1]
+    checkpoints = sorted((tmp_path / 'logs').rglob('ckpt_*.pth'))
+    assert [c.name for c in checkpoints] == ['ckpt_00000.pth', 'ckpt_00001.pth']

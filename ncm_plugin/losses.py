@@ -93,12 +93,14 @@ def knn_neighbors(points, lengths, k):
     splits = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
     splits[1:] = torch.cumsum(lengths.cpu().long(), 0)
     points = points.detach().float().contiguous()
-    result = knn_search(points, points, k, splits.to(points.device),
+    # knn_search counts the query point among the k before dropping it.
+    result = knn_search(points, points, k + 1, splits.to(points.device),
                         splits.to(points.device), ignore_query_point=True)
     shadow = torch.tensor([points.shape[0]], dtype=torch.int64,
                           device=points.device)
-    return ragged_to_dense(result.neighbors_index.long(),
-                           result.neighbors_row_splits, k, shadow)
+    dense = ragged_to_dense(result.neighbors_index.long().reshape(-1, 1),
+                            result.neighbors_row_splits, k, shadow)
+    return dense.squeeze(2)
 
 
 class NCMLoss(torch.nn.Module):

@@ -120,17 +120,20 @@ def apply_arguments(cfg, args):
 
 
 def prepare_demo_data(dataset_cfg):
-    """Write the synthetic dataset a demo config asks for, when missing."""
+    """Write the synthetic dataset a demo config asks for, when missing.
+
+    `dataset.demo_data: {kind: s3dis, seed: 0}` names a writer of
+    ncm_plugin.datasets.demo; it is not passed on to the dataset class.
+    """
     demo = dataset_cfg.pop('demo_data', None)
     path = dataset_cfg.get('dataset_path')
     if demo is None or path is None or Path(path).exists():
         return
-    from .datasets.synthetic import WRITERS
-    kind = demo.get('kind', 's3dis') if isinstance(demo, dict) else demo
-    options = {k: v for k, v in (demo.items() if isinstance(demo, dict) else [])
-               if k != 'kind'}
+    from .datasets.demo import write_demo
+    options = dict(demo)
+    kind = options.pop('kind')
     log.info("Writing synthetic %s data to %s", kind, path)
-    WRITERS[kind](path, **options)
+    write_demo(kind, path, **options)
 
 
 def build(cfg, seed=0):

@@ -89,6 +89,24 @@ def interleaved_times(model, inputs, loss_fn, weight, repeats, warmup=2):
             for w, t in times.items()}
 
 
+def ncm_term_time(model, inputs, repeats):
+    """Median seconds of the NCM term alone, forward + backward, on the
+    batch's real logits: the overhead without the noise of a whole step."""
+    batch = inputs['data']
+    logits = model(batch).detach().requires_grad_(True)
+    device = logits.device
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model.ncm_loss(logits, batch.labels, batch).backward()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def cuda_peak_memory(model, inputs, loss_fn, weight):
     """Peak CUDA bytes of one training step."""
     set_ncm_weight(model, weight)
@@ -133,6 +151,10 @@ def run(args):
     print(f"step (forward+backward), median of {args.repeats}: baseline "
           f"{times['baseline'] * 1e3:.1f} ms, with NCM {times['ncm'] * 1e3:.1f}"
           f" ms -> overhead {100 * overhead:+.2f} %")
+    set_ncm_weight(model, weight)
+    term = ncm_term_time(model, inputs, args.repeats)
+    print(f"NCM term alone (forward+backward): {term * 1e3:.1f} ms = "
+          f"{100 * term / times['baseline']:.2f} % of the baseline step")
     if batch.features.device.type == 'cuda':
         peaks = {name: cuda_peak_memory(model, inputs, loss_fn, w)
                  for name, w in (('baseline', 0.0), ('ncm', weight))}
@@ -144,8 +166,8 @@ def run(args):
     print(f"peak memory ({kind}): baseline {peaks['baseline'] / 2**20:.0f} "
           f"MiB, with NCM {peaks['ncm'] / 2**20:.0f} MiB -> "
           f"{100 * (peaks['ncm'] / peaks['baseline'] - 1):+.2f} %")
-    return {'times_s': times, 'overhead': overhead, 'peak_bytes': peaks,
-            'points': sum(lengths)}
+    return {'times_s': times, 'overhead': overhead, 'ncm_term_s': term,
+            'peak_bytes': peaks, 'points': sum(lengths)}
 
 
 def main(argv=None):

@@ -90,17 +90,19 @@ def knn_neighbors(points, lengths, k):
     excluded.
     """
     from open3d.ml.torch.ops import knn_search, ragged_to_dense
+    # On the CPU: Open3D wants row splits there, and its kNN has no CUDA
+    # kernel in every build (Open3D-ML issue 643).
+    device = points.device
+    points = points.detach().float().cpu().contiguous()
     splits = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
     splits[1:] = torch.cumsum(lengths.cpu().long(), 0)
-    points = points.detach().float().contiguous()
     # knn_search counts the query point among the k before dropping it.
-    result = knn_search(points, points, k + 1, splits.to(points.device),
-                        splits.to(points.device), ignore_query_point=True)
-    shadow = torch.tensor([points.shape[0]], dtype=torch.int64,
-                          device=points.device)
+    result = knn_search(points, points, k + 1, splits, splits,
+                        ignore_query_point=True)
+    shadow = torch.tensor([points.shape[0]], dtype=torch.int64)
     dense = ragged_to_dense(result.neighbors_index.long().reshape(-1, 1),
                             result.neighbors_row_splits, k, shadow)
-    return dense.squeeze(2)
+    return dense.squeeze(2).to(device)
 
 
 class NCMLoss(torch.nn.Module):

@@ -25,6 +25,21 @@ TINY_MODEL = dict(
 )
 
 
+def tiny_run_overrides(in_radius, first_subsampling_dl):
+    """Command-line overrides that shrink a dataset config to a seconds-long
+    CPU run: one pass over a few spheres with a two-layer KPConv deform."""
+    return ['--pipeline.max_epoch', '0', '--dataset.steps_per_epoch_train', '4',
+            '--dataset.steps_per_epoch_valid', '2', '--pipeline.batch_size', '2',
+            '--pipeline.val_batch_size', '2', '--pipeline.test_batch_size', '4',
+            '--pipeline.num_workers', '0', '--model.num_layers', '2',
+            '--model.architecture', '[simple, resnetb, resnetb_strided, '
+            'resnetb_deformable, nearest_upsample, unary]',
+            '--model.first_features_dim', '16',
+            '--model.in_radius', str(in_radius),
+            '--model.first_subsampling_dl', str(first_subsampling_dl),
+            '--model.max_in_points', '1500', '--model.batch_limit', '20000']
+
+
 @pytest.fixture(autouse=True, scope='session')
 def kernel_cache(tmp_path_factory):
     """KPConv writes its kernel dispositions to ./kernels: keep them in tmp."""

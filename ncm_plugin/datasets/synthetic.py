@@ -86,7 +86,7 @@ def sample_rect(origin, u, v, rng, spacing=SPACING):
     return origin + s[:, None] * u + t[:, None] * v
 
 
-def sample_box(lo, hi, rng, bottom=False):
+def sample_box(lo, hi, rng, bottom=False, spacing=SPACING):
     """Points ``[M, 3]`` on the faces of the axis-aligned box ``[lo, hi]``;
     the bottom face only with ``bottom`` (it rests on the floor otherwise)."""
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
@@ -94,7 +94,7 @@ def sample_box(lo, hi, rng, bottom=False):
     faces = [(lo, dx, dy, True), (lo + dz, dx, dy, False),  # bottom, top
              (lo, dx, dz, False), (lo + dy, dx, dz, False),  # front, back
              (lo, dy, dz, False), (lo + dx, dy, dz, False)]  # left, right
-    return np.concatenate([sample_rect(o, u, v, rng)
+    return np.concatenate([sample_rect(o, u, v, rng, spacing)
                            for o, u, v, is_bottom in faces
                            if bottom or not is_bottom])
 

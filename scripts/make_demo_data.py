@@ -26,8 +26,9 @@ def parse_args(argv=None):
                         help='layout to imitate')
     parser.add_argument('--seed', type=int, default=0,
                         help='random seed: same seed, same files')
-    parser.add_argument('--areas', type=int, nargs='+', default=[1, 2, 3, 5],
-                        help='area numbers to write')
+    parser.add_argument('--areas', type=int, nargs='+',
+                        help='s3dis only: area numbers to write '
+                             '(default 1 2 3 5)')
     return parser.parse_args(argv)
 
 
@@ -35,11 +36,15 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        rooms = WRITERS[args.dataset](args.out, areas=tuple(args.areas),
-                                      seed=args.seed)
+        options = {'seed': args.seed}
+        if args.areas is not None:
+            if args.dataset != 's3dis':
+                sys.exit('make_demo_data: --areas applies to s3dis only')
+            options['areas'] = tuple(args.areas)
+        rooms = WRITERS[args.dataset](args.out, **options)
     except FileExistsError as error:
         sys.exit(f'make_demo_data: {error}')
-    print(f'{args.dataset}: wrote {len(rooms)} rooms under {args.out} in '
+    print(f'{args.dataset}: wrote {len(rooms)} scenes under {args.out} in '
           f'{time.perf_counter() - start:.1f} s')
 
 

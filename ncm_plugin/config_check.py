@@ -74,11 +74,19 @@ def check_model(model):
         raise TypeError(f"model.ncm must be a mapping of settings, got "
                         f"{section!r}")
     ncm = NCMConfig.from_dict(section)
+    ncm.check_architecture(model.get('architecture') or
+                           _default_architecture())
     if 'k' in (section or {}) and ncm.neighborhood != 'knn':
         raise ValueError(f"model.ncm.k is used only with neighborhood: knn "
                          f"(neighborhood is {ncm.neighborhood!r}, whose "
                          f"neighbors are KPConv's layer-0 radius lists); "
                          f"remove k or set neighborhood: knn")
+
+
+def _default_architecture():
+    """The architecture KPFCNN builds when the config names none."""
+    from open3d._ml3d.torch.models.kpconv import KPFCNN
+    return inspect.signature(KPFCNN.__init__).parameters['architecture'].default
 
 
 def check_pipeline(pipeline):

@@ -11,7 +11,7 @@ process (WORLD_SIZE > 1):
 torchrun exports RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
 the process group is initialised from them (env://), with nccl on CUDA and
 gloo on the CPU. (Open3D-ML's own runner exports PRIMARY_ADDR/PRIMARY_PORT,
-which torch does not read.)
+which torch does not read: `adopt_primary_address` maps them.)
 
 Sampling design: each rank runs its own SharedSpatiallyRegularSampler, seeded
 with (run seed, rank), and draws 1/world_size of the epoch's spheres. The
@@ -63,17 +63,32 @@ class Ranks:
         world_size = int(environ.get('WORLD_SIZE', 1))
         if world_size <= 1:
             return cls()
+        adopt_primary_address(environ)
         missing = [k for k in ('RANK', 'MASTER_ADDR', 'MASTER_PORT')
                    if k not in environ]
         if missing:
-            hint = (" (PRIMARY_ADDR/PRIMARY_PORT, as Open3D-ML's runner sets "
-                    "them, are not read by torch)" if 'PRIMARY_ADDR' in environ
-                    else "")
             raise RuntimeError(
-                f"WORLD_SIZE={world_size} but {missing} is not set{hint}: "
-                f"launch distributed runs with torchrun")
+                f"WORLD_SIZE={world_size} but {missing} is not set: launch "
+                f"distributed runs with torchrun")
         return cls(int(environ['RANK']), world_size,
                    int(environ.get('LOCAL_RANK', 0)))
+
+
+def adopt_primary_address(environ):
+    """Copy PRIMARY_ADDR/PRIMARY_PORT to MASTER_ADDR/MASTER_PORT when only
+    the former are set.
+
+    Open3D-ML's own launcher (scripts/run_pipeline.py's process-group set-up)
+    exports the rendezvous address as PRIMARY_*, but torch's env://
+    initialisation reads MASTER_*, so its distributed runs cannot meet. A
+    MASTER_* variable that is set (torchrun always sets both) wins.
+    """
+    for primary, master in (('PRIMARY_ADDR', 'MASTER_ADDR'),
+                            ('PRIMARY_PORT', 'MASTER_PORT')):
+        if primary in environ and master not in environ:
+            environ[master] = environ[primary]
+            log.info("%s=%s taken from %s (torch reads %s)", master,
+                     environ[primary], primary, master)
 
 
 def backend_for(device):
@@ -118,8 +133,9 @@ def steps_per_rank(steps, world_size):
 
 
 def all_reduce_sum(array, device):
-    """Sum of a numpy array over all ranks (every rank gets the sum)."""
-    tensor = torch.as_tensor(np.asarray(array), device=device)
+    """Sum of a numpy array over all ranks (every rank gets the sum; the
+    array itself is left as it is)."""
+    tensor = torch.tensor(np.asarray(array), device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.cpu().numpy()
 
@@ -155,11 +171,6 @@ def broadcast_buffers(module, src=0):
     """
     for buffer in module.buffers():
         dist.broadcast(buffer, src=src)
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def shutdown():

@@ -58,6 +58,47 @@ def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
         (num_points, num_points), check_invariants=False)
 
 
+def pooling_matrix(pools, num_fine, dtype=torch.float32):
+    """Sparse 0/1 matrix [M, num_fine] (CSR) of KPConv's pooling lists.
+
+    pools [M, K]: for every point of a coarser layer, the points of the finer
+    layer (num_fine of them) within its pooling radius; index num_fine = none.
+    """
+    keep = pools < num_fine
+    crow = torch.zeros(pools.shape[0] + 1, dtype=torch.long,
+                       device=pools.device)
+    crow[1:] = torch.cumsum(keep.sum(dim=1), 0)
+    columns = pools[keep].long()
+    return torch.sparse_csr_tensor(
+        crow, columns, torch.ones(columns.numel(), dtype=dtype,
+                                  device=pools.device),
+        (pools.shape[0], num_fine), check_invariants=False)
+
+
+def pool_scores(scores, valid, pools):
+    """Class distributions of a coarser KPConv layer.
+
+    A coarse point's distribution is the mean of the valid layer-0
+    distributions inside its (composed) pooling region, each layer-0 point
+    counted once per pooling path: the NCM of a coarser layer then compares
+    the classes of regions a few subsampling cells wide.
+
+    scores [N0, C], valid [N0] bool, pools: the pooling lists of layers
+    0 .. L-1 (pools[l] [N_{l+1}, K] indexes layer l, index N_l = none).
+    Returns (scores [N_L, C], valid [N_L] bool): a coarse point is valid when
+    its region holds a valid point; the scores of invalid points are 0.
+    """
+    weights = valid.to(scores.dtype)
+    sums = scores * weights.unsqueeze(1)
+    for layer_pools in pools:
+        matrix = pooling_matrix(layer_pools, sums.shape[0], scores.dtype)
+        sums = matrix @ sums
+        weights = matrix @ weights.unsqueeze(1)
+        weights = weights.squeeze(1)
+    pooled_valid = weights > 0
+    return sums / weights.clamp_min(1e-30).unsqueeze(1), pooled_valid
+
+
 def cooccurrence_from_matrix(scores, adjacency, lengths):
     """NCM of every cloud given the `neighbor_matrix` of the batch.
 

@@ -398,6 +398,10 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                          len(train_loader), epoch)
                 return
             self.scheduler.step()
+            if self.distributed:
+                # Every rank validates (and rank 0 saves) rank 0's batch-norm
+                # running statistics.
+                distributed.broadcast_buffers(self.model)
             valid_terms, _ = self._run_epoch(valid_loader, valid_sampler,
                                              self.loss, False, epoch)
             self._update_best(epoch)

@@ -54,8 +54,10 @@ class NCMConfig:
             expected = known[key].type
             accepted = (int, float) if expected is float else expected
             if isinstance(value, bool) or not isinstance(value, accepted):
-                raise TypeError(f"{where}.{key} must be a {expected.__name__},"
-                                f" got {value!r}")
+                name = expected.__name__
+                article = 'an' if name[0] in 'aeiou' else 'a'
+                raise TypeError(f"{where}.{key} must be {article} {name}, "
+                                f"got {value!r}")
             section[key] = expected(value)
         cfg = cls(**section)
         if cfg.direction not in DIRECTIONS:

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from ncm_plugin.ncm import cooccurrence, ncm_kl, pool_scores, smooth
+from ncm_plugin.ncm import (cooccurrence, ncm_kl, neighbor_matrix, pool_scores,
+                            smooth, transpose_csr)
 
 
 def brute_force_ncm(scores, neighbors, lengths, valid=None):
@@ -229,3 +230,14 @@ def test_pooled_scores_are_count_weighted_means_of_valid_points():
     # Three valid input points in the region, two of class 0.
     torch.testing.assert_close(layer_2, torch.tensor([[2 / 3, 1 / 3]]))
     assert valid_2.tolist() == [True]
+
+
+def test_transpose_csr_matches_the_dense_transpose():
+    scores, neighbors, lengths = random_batch([6, 9], 3, 5, seed=3)
+    adjacency = neighbor_matrix(neighbors, lengths, dtype=torch.float64)
+    adjacency = torch.sparse_csr_tensor(
+        adjacency.crow_indices(), adjacency.col_indices(),
+        torch.arange(1., adjacency.values().numel() + 1, dtype=torch.float64),
+        adjacency.shape)
+    torch.testing.assert_close(transpose_csr(adjacency).to_dense(),
+                               adjacency.to_dense().T)

@@ -200,10 +200,15 @@ def main(argv=None):
                         help='convert: generated rooms per area (6 areas)')
     parser.add_argument('--workers', type=int, default=os.cpu_count(),
                         help='convert: processes of the plugin conversion')
+    parser.add_argument('--threads', type=int,
+                        help="torch's CPU threads (default: torch's choice); "
+                        "1 gives steadier figures on a shared machine")
     parser.add_argument('--probe-weight', type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.probe_weight is not None:
         return probe(args)
     from . import bench_convert, bench_scaling, bench_throughput

@@ -2,10 +2,12 @@
 number of classes.
 
 The NCM term alone (forward + backward) on synthetic stacked batches whose
-neighbor lists have KPConv's shape ([N, K], shadow index N, neighbors inside
-each cloud): its cost depends on N, K, C and the number of clouds B, not on
-where the points are. Expected: O(N*K) for the sparse adjacency and its
-product, O(N*C) for the scores, O(B*C*C) for the matrices, so linear in N.
+neighbor lists have KPConv's shape ([N, K], shadow index N, random neighbors
+inside each cloud of ~20k points, so a batch grows by more clouds as a
+KPConv batch grows by more spheres). Expected: O(N*K) for the sparse
+adjacency and its products (plus one sort of the N*K pairs, N*K log(N*K),
+for the backward's transpose), O(N*C) for the scores, O(B*C*C) for the
+matrices: linear in N up to that log factor and memory-cache effects.
 """
 import time
 from types import SimpleNamespace
@@ -15,14 +17,22 @@ import torch
 
 from .losses import NCMLoss
 
+# Points of one sampled sphere: S3DIS at 4 cm in 2 m spheres holds ~10k-40k.
+SPHERE_POINTS = 20_000
 POINTS = (10_000, 20_000, 50_000, 100_000, 200_000, 500_000)
 CLASSES = (8, 13, 20, 30, 40)
 
 
-def synthetic_batch(num_points, num_classes, neighbors=32, clouds=5,
+def synthetic_batch(num_points, num_classes, neighbors=32, clouds=None,
                     device='cpu', seed=0):
     """(logits [N, C], labels [N], batch) with `clouds` equal clouds whose
-    rows hold `neighbors` indices into their own cloud, 10 % shadow."""
+    rows hold `neighbors` random indices into their own cloud, 10 % shadow.
+
+    By default a cloud has about SPHERE_POINTS points, as KPConv batches grow
+    by more spheres, not by larger ones (max_in_points bounds a sphere).
+    """
+    if clouds is None:
+        clouds = max(1, round(num_points / SPHERE_POINTS))
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.full((clouds,), num_points // clouds, dtype=torch.long)
     lengths[-1] += num_points - int(lengths.sum())
@@ -71,8 +81,8 @@ def linear_fit(sizes, seconds):
 def run(args):
     device = args.device
     print(f"NCM term alone (forward+backward), {args.neighbors} neighbor "
-          f"slots per point, 5 clouds per batch, {device}, fastest of "
-          f"{args.repeats}")
+          f"slots per point, clouds of ~{SPHERE_POINTS} points, {device}, "
+          f"{torch.get_num_threads()} thread(s), fastest of {args.repeats}")
     print("points per batch vs time (13 classes):")
     times = []
     for n in POINTS:

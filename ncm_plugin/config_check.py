@@ -3,7 +3,7 @@
 Open3D-ML passes every key of a section on to the class it names and each
 class ignores what it does not read: a typo trains the wrong model silently,
 hours later. The keys the plugin reads (`model.ncm`, the plugin's `pipeline`
-keys, `dataset.demo_data`) and the `pipeline` section as a whole are checked
+keys, `dataset.demo_data`, `dataset.convert_workers`) and the `pipeline` section as a whole are checked
 here, at start, and the first mistake is raised as one ConfigError naming
 the key and the file (or the command-line override that set it).
 """
@@ -31,6 +31,7 @@ def check_config(cfg, source, overridden=()):
         check_model(cfg['model'])
         check_pipeline(cfg['pipeline'])
         check_demo_data(cfg['dataset'])
+        check_convert_workers(cfg['dataset'])
     except (KeyError, TypeError, ValueError) as error:
         message = error.args[0] if error.args else str(error)
         raise ConfigError(f"{where(message, source, overridden)}: "
@@ -105,6 +106,20 @@ def check_pipeline(pipeline):
             device_type(pipeline['device']) != 'cuda':
         raise ValueError("pipeline.sync_batchnorm needs --device cuda: torch's "
                          "SyncBatchNorm has no CPU implementation")
+
+
+def check_convert_workers(dataset):
+    """dataset.convert_workers (RobustS3DIS): processes of the raw
+    conversion, an int >= 1 or null (all CPUs)."""
+    workers = dataset.get('convert_workers')
+    if workers is None:
+        return
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"dataset.convert_workers must be an int or null, "
+                        f"got {workers!r}")
+    if workers < 1:
+        raise ValueError(f"dataset.convert_workers must be >= 1 or null (all "
+                         f"CPUs), got {workers}")
 
 
 def check_demo_data(dataset):

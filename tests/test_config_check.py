@@ -70,6 +70,17 @@ def test_bad_pipeline_settings_name_the_key(cfg, pipeline, message):
         check_config(cfg, CONFIG)
 
 
+@pytest.mark.parametrize('dataset, message', [
+    ({'convert_workers': 0}, 'dataset.convert_workers must be >= 1'),
+    ({'convert_workers': '4'}, 'dataset.convert_workers must be an int'),
+    ({'demo_data': {'kind': 's3dis', 'rooms': 3}}, 'dataset.demo_data.rooms'),
+])
+def test_bad_dataset_settings_name_the_key(cfg, dataset, message):
+    cfg['dataset'].update(dataset)
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg, CONFIG)
+
+
 def test_the_command_line_names_the_override_before_reading_data(tmp_path):
     missing = tmp_path / 'no_data_here'
     result = subprocess.run(

@@ -40,6 +40,19 @@ def tiny_run_overrides(in_radius, first_subsampling_dl):
             '--model.max_in_points', '1500', '--model.batch_limit', '20000']
 
 
+def train_then_test(config, dataset_path, root, extra_args):
+    """Train (0 epochs = one pass) then test a config through the command
+    line's main, with logs, cache and test results under `root`."""
+    from ncm_plugin.runner import main
+    argv = ['torch', '-c', config, '--dataset_path', str(dataset_path),
+            '--device', 'cpu', '--main_log_dir', str(root / 'logs'),
+            '--dataset.cache_dir', str(root / 'cache'),
+            '--dataset.test_result_folder', str(root / 'test')] + list(extra_args)
+    main(argv)
+    main(argv + ['--split', 'test'])
+    return root
+
+
 @pytest.fixture(autouse=True, scope='session')
 def kernel_cache(tmp_path_factory):
     """KPConv writes its kernel dispositions to ./kernels: keep them in tmp."""

@@ -5,6 +5,7 @@ each annotation file (not pandas), the stock ``get_min_bbox`` for boxes, and
 line counts of the raw files written by the synthetic generator.
 """
 import logging
+import os
 import pickle
 import re
 import shutil
@@ -223,6 +224,16 @@ def test_pickle_write_interrupted_leaves_no_file(tmp_path, monkeypatch):
                                           tmp_path / 'Area_1_office_1.pkl')
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pickle_gets_the_usual_file_mode_not_a_private_one(tmp_path):
+    """mkstemp creates 0600 files; a shared dataset cache must stay readable."""
+    old_umask = os.umask(0o022)
+    try:
+        s3dis_convert.write_pickle_atomic([np.zeros((2, 7)), []], tmp_path / 'a.pkl')
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / 'a.pkl').stat().st_mode & 0o777 == 0o644
 
 
 def test_test_area_is_matched_on_the_file_name_not_the_path(raw_tree, tmp_path):

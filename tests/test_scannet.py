@@ -14,13 +14,12 @@ import open3d as o3d
 import pytest
 from open3d._ml3d.utils import get_module
 
-from conftest import tiny_run_overrides
+from conftest import tiny_run_overrides, train_then_test
 from ncm_plugin.datasets.ply import PlyError, read_element, write_ply
 from ncm_plugin.datasets.scannet import ScanNet20, label_to_nyu40, nyu40_to_label
 from ncm_plugin.datasets.scannet_convert import (ConversionError, convert_scannet,
                                                  load_split_lists)
 from ncm_plugin.datasets.synthetic_scannet import write_demo_scannet
-from ncm_plugin.runner import main
 
 SCENES = {'train': ('scene0000_00', 'scene0000_01'), 'val': ('scene0011_00',),
           'test': ('scene0707_00',)}
@@ -266,14 +265,8 @@ TINY = tiny_run_overrides(in_radius=2.5, first_subsampling_dl=0.15)
 @pytest.fixture(scope='module')
 def run(converted, tmp_path_factory):
     """Train (0 epochs = one pass) then test, through the command line's main."""
-    root = tmp_path_factory.mktemp('scannet_run')
-    argv = ['torch', '-c', 'ncm_kpconv_scannet.yml', '--dataset_path', str(converted),
-            '--device', 'cpu', '--main_log_dir', str(root / 'logs'),
-            '--dataset.cache_dir', str(root / 'cache'),
-            '--dataset.test_result_folder', str(root / 'test')] + TINY
-    main(argv)
-    main(argv + ['--split', 'test'])
-    return root
+    return train_then_test('ncm_kpconv_scannet.yml', converted,
+                           tmp_path_factory.mktemp('scannet_run'), TINY)
 
 
 def test_training_writes_a_checkpoint(run):

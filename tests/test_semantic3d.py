@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 from open3d._ml3d.utils import get_module
 
-from conftest import tiny_run_overrides
+from conftest import tiny_run_overrides, train_then_test
 from ncm_plugin.datasets import semantic3d_convert
 from ncm_plugin.datasets.semantic3d import RobustSemantic3D
 from ncm_plugin.datasets.semantic3d_convert import (ScanFiles, convert_semantic3d, read_raw_scan,
                                                     write_label_lines)
 from ncm_plugin.datasets.synthetic_semantic3d import SCANS, write_demo_semantic3d
-from ncm_plugin.runner import main
 
 TRAIN, VAL, TEST = SCANS['train'][0], SCANS['val'][0], SCANS['test'][0]
 # Just off 6 cm: no 1 mm coordinate of the files lies on a cell boundary, so the
@@ -231,14 +230,9 @@ TINY = tiny_run_overrides(in_radius=8.0, first_subsampling_dl=0.6)
 @pytest.fixture(scope='module')
 def run(converted, tmp_path_factory):
     """Train (0 epochs = one pass) then test, through the command line's main."""
-    root = tmp_path_factory.mktemp('semantic3d_run')
-    argv = ['torch', '-c', 'ncm_kpconv_semantic3d.yml', '--dataset_path', str(converted),
-            '--device', 'cpu', '--main_log_dir', str(root / 'logs'),
-            '--dataset.cache_dir', str(root / 'cache'), '--dataset.val_files', f'[{VAL}]',
-            '--dataset.test_result_folder', str(root / 'test')] + TINY
-    main(argv)
-    main(argv + ['--split', 'test'])
-    return root
+    return train_then_test('ncm_kpconv_semantic3d.yml', converted,
+                           tmp_path_factory.mktemp('semantic3d_run'),
+                           TINY + ['--dataset.val_files', f'[{VAL}]'])
 
 
 def test_training_writes_a_checkpoint(run):

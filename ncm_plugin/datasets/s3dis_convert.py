@@ -24,7 +24,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -36,6 +35,8 @@ from tqdm import tqdm
 
 from open3d._ml3d.datasets.s3dis import S3DIS
 from open3d._ml3d.datasets.utils import get_min_bbox
+
+from .atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -270,21 +271,9 @@ def build_room(room):
 
 
 def write_pickle_atomic(obj, path):
-    """Pickle ``obj`` to ``path`` through a temp file in the same folder.
-
-    ``os.replace`` makes the switch atomic: a reader sees the old file, no
-    file, or the new one, never a partial one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'{path.name}.', suffix='.tmp',
-                               dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            pickle.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Pickle ``obj`` to ``path`` so that a reader never sees a partial file."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        pickle.dump(obj, f)
 
 
 def convert_room(room, out_path):

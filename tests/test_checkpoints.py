@@ -25,6 +25,9 @@ def test_atomic_write_leaves_only_the_final_file(tmp_path):
     path = tmp_path / checkpoints.checkpoint_name(3)
     checkpoints.write_atomic({'epoch': 3, 'w': torch.arange(4)}, path)
     assert os.listdir(tmp_path) == ['ckpt_00003.pth']
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     assert checkpoints.load(path)['w'].tolist() == [0, 1, 2, 3]
 
 

@@ -210,7 +210,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         """One pass over a loader, less its first `skip` batches.
 
         Returns ({term: mean over steps and ranks}, batches done): fewer than
-        len(loader) when a stop was requested during training.
+        len(loader) when a stop was requested (SIGINT/SIGTERM).
         """
         model, metric = self.model, (self.metric_train
                                      if train else self.metric_val)
@@ -249,7 +249,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                     self.summary[stage] = self.get_3d_summary(
                         results, batch, epoch)
                 done += 1
-                if train and self._stop_requested():
+                if self._stop_requested():
                     break
         self._reduce_metric(metric, stage)
         means = self._mean_over_ranks({'loss': totals, **terms})
@@ -402,8 +402,14 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 # Every rank validates (and rank 0 saves) rank 0's batch-norm
                 # running statistics.
                 distributed.broadcast_buffers(self.model)
-            valid_terms, _ = self._run_epoch(valid_loader, valid_sampler,
-                                             self.loss, False, epoch)
+            valid_terms, validated = self._run_epoch(
+                valid_loader, valid_sampler, self.loss, False, epoch)
+            if validated < len(valid_loader):
+                # Stopped during validation: the epoch's training is done and
+                # saved; its partial metrics are neither logged nor ranked.
+                self.save_ckpt(epoch)
+                log.info("Stopped during the validation of epoch %d", epoch)
+                return
             self._update_best(epoch)
             if self.ranks.primary:
                 self.save_logs(writer, epoch)

@@ -50,7 +50,7 @@ def test_two_ranks_log_the_sum_of_their_confusion_matrices(s3dis, tmp_path):
     assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
     reports = [json.loads((ranks_out / f'rank{r}.json').read_text())
                for r in (0, 1)]
-    assert [r['world_size'] for r in reports] == [2, 2]
+    assert [(r['rank'], r['world_size']) for r in reports] == [(0, 2), (1, 2)]
     local = [np.array(r['local_valid']) for r in reports]
     # Each rank validated its own spheres (seeded per rank), and every rank
     # holds the sum.

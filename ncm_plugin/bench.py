@@ -9,6 +9,7 @@ invisible to Python's tracemalloc).
 """
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -170,9 +171,18 @@ def run(args):
             'peak_bytes': peaks, 'points': sum(lengths)}
 
 
+PARTS = ('step', 'scaling', 'throughput', 'convert')
+
+
 def main(argv=None):
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--part', choices=PARTS + ('all',), default='step',
+                        help='step: overhead and peak memory of a training '
+                        'step (default); scaling: NCM time vs points and '
+                        'classes; throughput: test-time points/s with and '
+                        'without the plugin; convert: S3DIS conversion vs '
+                        'the stock one')
     parser.add_argument('--config', default='ncm_kpconv_s3dis.yml')
     parser.add_argument('--dataset_path',
                         help='raw S3DIS (default: generated synthetic rooms)')
@@ -180,13 +190,33 @@ def main(argv=None):
                         else 'cpu')
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--neighbors', type=int, default=32,
+                        help='scaling: neighbor slots per point')
+    parser.add_argument('--batches', type=int, default=8,
+                        help='throughput: test batches')
+    parser.add_argument('--stock-python',
+                        help='convert: a Python with open3d 0.20 and pandas<3')
+    parser.add_argument('--rooms-per-area', type=int, default=4,
+                        help='convert: generated rooms per area (6 areas)')
+    parser.add_argument('--workers', type=int, default=os.cpu_count(),
+                        help='convert: processes of the plugin conversion')
+    parser.add_argument('--threads', type=int,
+                        help="torch's CPU threads (default: torch's choice); "
+                        "1 gives steadier figures on a shared machine")
     parser.add_argument('--probe-weight', type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.probe_weight is not None:
         return probe(args)
-    return run(args)
+    from . import bench_convert, bench_scaling, bench_throughput
+    runners = {'step': run, 'scaling': bench_scaling.run,
+               'throughput': bench_throughput.run,
+               'convert': bench_convert.run}
+    parts = PARTS if args.part == 'all' else (args.part,)
+    return {part: runners[part](args) for part in parts}
 
 
 if __name__ == '__main__':

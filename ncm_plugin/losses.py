@@ -3,9 +3,13 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from .ncm import DIRECTIONS, cooccurrence_from_matrix, ncm_kl, neighbor_matrix
+from .ncm import (DIRECTIONS, cooccurrence_from_matrix, ncm_kl,
+                  neighbor_matrix, pool_scores)
 
 NEIGHBORHOODS = ('kpconv', 'knn')
+# Where the target NCM comes from: the labels of the sampled sphere, or the
+# whole scene's (computed once per scene; not provided by this NCMLoss).
+TARGETS = ('sample', 'scene')
 
 
 @dataclass(frozen=True)
@@ -20,12 +24,22 @@ class NCMConfig:
         conv_radius * first_subsampling_dl) that the batch already carries;
         'knn' searches the `k` nearest neighbors of every point inside its
         own cloud (Open3D's knn_search).
+    k: neighbors per point for 'knn'.
+    layer: the KPConv layer whose points the NCM is taken on: 0 = the input
+        points; L > 0 = the points after L subsamplings, each carrying the
+        mean class distribution of the input points pooled into it, with
+        that layer's neighbor lists (a wider radius). The architecture must
+        have the layer (and, for 'kpconv', convolutions in it).
+    target: 'sample' = the target NCM is counted on the sampled sphere's
+        labels; 'scene' = on the whole scene's.
     """
     weight: float = 1.0
     direction: str = 'forward'
     eps: float = 1e-6
     neighborhood: str = 'kpconv'
     k: int = 16
+    layer: int = 0
+    target: str = 'sample'
 
     @classmethod
     def from_dict(cls, section, where='model.ncm'):
@@ -40,8 +54,10 @@ class NCMConfig:
             expected = known[key].type
             accepted = (int, float) if expected is float else expected
             if isinstance(value, bool) or not isinstance(value, accepted):
-                raise TypeError(f"{where}.{key} must be a {expected.__name__},"
-                                f" got {value!r}")
+                name = expected.__name__
+                article = 'an' if name[0] in 'aeiou' else 'a'
+                raise TypeError(f"{where}.{key} must be {article} {name}, "
+                                f"got {value!r}")
             section[key] = expected(value)
         cfg = cls(**section)
         if cfg.direction not in DIRECTIONS:
@@ -56,10 +72,52 @@ class NCMConfig:
                                  f"{getattr(cfg, key)}")
         if cfg.k < 1:
             raise ValueError(f"{where}.k must be >= 1, got {cfg.k}")
+        if cfg.layer < 0:
+            raise ValueError(f"{where}.layer must be >= 0, got {cfg.layer}")
+        if cfg.target not in TARGETS:
+            raise ValueError(f"{where}.target must be one of {TARGETS}, got "
+                             f"{cfg.target!r}")
         return cfg
+
+    def check_architecture(self, architecture, where='model.ncm'):
+        """Raise ValueError if `layer` is not a layer of `architecture` (or,
+        with the kpconv neighborhood, one without neighbor lists)."""
+        layers = kpconv_layers(architecture)
+        if self.layer >= len(layers):
+            raise ValueError(
+                f"{where}.layer is {self.layer}, but model.architecture has "
+                f"{len(layers)} layer(s) (0..{len(layers) - 1}: one more than "
+                f"its strided/pool blocks before the first upsample)")
+        if self.neighborhood == 'kpconv' and not layers[self.layer]:
+            raise ValueError(
+                f"{where}.layer is {self.layer}, but that layer of "
+                f"model.architecture has no convolution block, so KPConv "
+                f"builds no neighbor lists for it; choose another layer or "
+                f"neighborhood: knn")
 
     def to_dict(self):
         return asdict(self)
+
+
+def kpconv_layers(architecture):
+    """[has neighbor lists] for each layer KPConv's batcher builds.
+
+    As Open3D-ML's ConcatBatcher: a layer ends at each strided/pool block, and
+    the last one at the first upsample/global block; a layer gets neighbor
+    lists when it holds a block other than those.
+    """
+    layers, blocks = [], []
+    for block in architecture:
+        ends = any(word in block for word in ('pool', 'strided', 'global',
+                                              'upsample'))
+        if not ends:
+            blocks.append(block)
+            continue
+        layers.append(bool(blocks))
+        blocks = []
+        if 'global' in block or 'upsample' in block:
+            break
+    return layers
 
 
 def class_indices(labels, num_classes, ignored_label_inds):
@@ -114,20 +172,28 @@ class NCMLoss(torch.nn.Module):
     """
 
     def __init__(self, num_classes, ignored_label_inds=(), weight=1.0,
-                 direction='forward', eps=1e-6, neighborhood='kpconv', k=16):
+                 direction='forward', eps=1e-6, neighborhood='kpconv', k=16,
+                 layer=0, target='sample'):
         super().__init__()
         self.cfg = NCMConfig.from_dict(
             dict(weight=weight, direction=direction, eps=eps,
-                 neighborhood=neighborhood, k=k))
+                 neighborhood=neighborhood, k=k, layer=layer, target=target))
+        if self.cfg.target != 'sample':
+            raise ValueError(
+                f"model.ncm.target: {self.cfg.target!r} needs the scene's "
+                f"target NCM in the batch, which this NCMLoss does not "
+                f"compute; use target: sample")
         self.num_classes = num_classes
         self.ignored_label_inds = tuple(ignored_label_inds)
         self.last_kl = None
 
     def neighbors(self, batch):
-        """[N, K] neighbor indices of the layer-0 points, index N = none."""
+        """[N, K] neighbor indices of the points of `layer`, index N = none."""
+        layer = self.cfg.layer
         if self.cfg.neighborhood == 'knn':
-            return knn_neighbors(batch.points[0], batch.lengths[0], self.cfg.k)
-        return batch.neighbors[0]
+            return knn_neighbors(batch.points[layer], batch.lengths[layer],
+                                 self.cfg.k)
+        return batch.neighbors[layer]
 
     def forward(self, logits, labels, batch):
         """logits [N, C] float, labels [N] dataset labels, batch a KPConvBatch."""
@@ -136,15 +202,20 @@ class NCMLoss(torch.nn.Module):
                              f"expected num_classes={self.num_classes}")
         indices, valid = class_indices(labels.long(), self.num_classes,
                                        self.ignored_label_inds)
-        lengths = batch.lengths[0]
+        layer = self.cfg.layer
+        lengths = batch.lengths[layer]
         # float32 even under autocast: the KL of small probabilities needs it.
         with torch.autocast(logits.device.type, enabled=False):
+            labels = torch.nn.functional.one_hot(indices,
+                                                 self.num_classes).float()
+            scores = torch.softmax(logits.float(), dim=1)
+            if layer > 0:
+                pools = batch.pools[:layer]
+                labels, _ = pool_scores(labels, valid, pools)
+                scores, valid = pool_scores(scores, valid, pools)
             adjacency = neighbor_matrix(self.neighbors(batch), lengths, valid)
-            target = cooccurrence_from_matrix(
-                torch.nn.functional.one_hot(indices, self.num_classes).float(),
-                adjacency, lengths)
-            prediction = cooccurrence_from_matrix(
-                torch.softmax(logits.float(), dim=1), adjacency, lengths)
+            target = cooccurrence_from_matrix(labels, adjacency, lengths)
+            prediction = cooccurrence_from_matrix(scores, adjacency, lengths)
             kl = ncm_kl(target, prediction, self.cfg.direction, self.cfg.eps)
         self.last_kl = kl.detach()
         return self.cfg.weight * kl

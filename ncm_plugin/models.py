@@ -17,6 +17,7 @@ class NCMKPFCNN(KPFCNN):
     def __init__(self, name='NCMKPFCNN', ncm=None, **kwargs):
         ncm_cfg = NCMConfig.from_dict(ncm)
         super().__init__(name=name, ncm=ncm_cfg.to_dict(), **kwargs)
+        ncm_cfg.check_architecture(self.cfg.architecture)
         self.ncm_loss = NCMLoss(self.cfg.num_classes,
                                 self.cfg.ignored_label_inds,
                                 **ncm_cfg.to_dict())

@@ -58,6 +58,84 @@ def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
         (num_points, num_points), check_invariants=False)
 
 
+def pooling_matrix(pools, num_fine, dtype=torch.float32):
+    """Sparse 0/1 matrix [M, num_fine] (CSR) of KPConv's pooling lists.
+
+    pools [M, K]: for every point of a coarser layer, the points of the finer
+    layer (num_fine of them) within its pooling radius; index num_fine = none.
+    """
+    keep = pools < num_fine
+    crow = torch.zeros(pools.shape[0] + 1, dtype=torch.long,
+                       device=pools.device)
+    crow[1:] = torch.cumsum(keep.sum(dim=1), 0)
+    columns = pools[keep].long()
+    return torch.sparse_csr_tensor(
+        crow, columns, torch.ones(columns.numel(), dtype=dtype,
+                                  device=pools.device),
+        (pools.shape[0], num_fine), check_invariants=False)
+
+
+def pool_scores(scores, valid, pools):
+    """Class distributions of a coarser KPConv layer.
+
+    A coarse point's distribution is the mean of the valid layer-0
+    distributions inside its (composed) pooling region, each layer-0 point
+    counted once per pooling path: the NCM of a coarser layer then compares
+    the classes of regions a few subsampling cells wide.
+
+    scores [N0, C], valid [N0] bool, pools: the pooling lists of layers
+    0 .. L-1 (pools[l] [N_{l+1}, K] indexes layer l, index N_l = none).
+    Returns (scores [N_L, C], valid [N_L] bool): a coarse point is valid when
+    its region holds a valid point; the scores of invalid points are 0.
+    """
+    weights = valid.to(scores.dtype)
+    sums = scores * weights.unsqueeze(1)
+    for layer_pools in pools:
+        matrix = pooling_matrix(layer_pools, sums.shape[0], scores.dtype)
+        sums = matrix @ sums
+        weights = matrix @ weights.unsqueeze(1)
+        weights = weights.squeeze(1)
+    pooled_valid = weights > 0
+    return sums / weights.clamp_min(1e-30).unsqueeze(1), pooled_valid
+
+
+def transpose_csr(matrix):
+    """The transpose of a sparse CSR matrix [R, C], as CSR [C, R].
+
+    Sorting the column indices as int32 (when they fit) is ~2x faster than
+    the int64 sort torch's own transpose does."""
+    crow, columns = matrix.crow_indices(), matrix.col_indices()
+    num_rows, num_columns = matrix.shape
+    rows = torch.repeat_interleave(
+        torch.arange(num_rows, device=columns.device), crow[1:] - crow[:-1],
+        output_size=columns.numel())
+    keys = columns.int() if num_columns < 2**31 else columns
+    order = torch.argsort(keys, stable=True)
+    new_crow = torch.zeros(num_columns + 1, dtype=torch.long,
+                           device=columns.device)
+    new_crow[1:] = torch.cumsum(torch.bincount(columns, minlength=num_columns),
+                                0)
+    return torch.sparse_csr_tensor(new_crow, rows[order],
+                                   matrix.values()[order],
+                                   (num_columns, num_rows),
+                                   check_invariants=False)
+
+
+class _NeighborSum(torch.autograd.Function):
+    """adjacency @ scores with a cheaper backward: adjacency^T @ grad, the
+    transpose built once by `transpose_csr` (autograd's own CSR backward
+    spends most of the NCM term's time transposing)."""
+
+    @staticmethod
+    def forward(ctx, adjacency, scores):
+        ctx.adjacency = adjacency
+        return adjacency @ scores
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, transpose_csr(ctx.adjacency) @ grad
+
+
 def cooccurrence_from_matrix(scores, adjacency, lengths):
     """NCM of every cloud given the `neighbor_matrix` of the batch.
 
@@ -65,7 +143,11 @@ def cooccurrence_from_matrix(scores, adjacency, lengths):
     """
     num_classes = scores.shape[1]
     # neighbor_sum[i] = sum_{j in N(i)} s_j.
-    neighbor_sum = adjacency.to(scores.dtype) @ scores
+    adjacency = adjacency.to(scores.dtype)
+    if scores.requires_grad:
+        neighbor_sum = _NeighborSum.apply(adjacency, scores)
+    else:
+        neighbor_sum = adjacency @ scores
     # S_b = s_b^T @ neighbor_sum_b: one small matmul per cloud, vectorised
     # over its points.
     split = lengths.tolist()

@@ -5,16 +5,29 @@
         --model.ncm.weight 0.5
 
 `-c` takes a path or a bare file name found in the repository's configs/.
-Dotted overrides are parsed as YAML values (numbers, booleans, lists).
+Dotted overrides are parsed as YAML values (numbers, booleans, lists). The
+merged config is checked (config_check.py) before any data is read.
+
+Distributed: the same command under torchrun, e.g.
+
+    torchrun --nproc_per_node 4 scripts/run_pipeline.py torch -c CONFIG \
+        --device cuda
+
+Ranks other than 0 log warnings only. A run stopped by SIGINT/SIGTERM saves
+a checkpoint and exits with 128 + the signal number; running the same
+command again resumes it.
 """
 import argparse
 import logging
+import os
 import pprint
 import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from .config_check import ConfigError, check_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / 'configs'
 SECTIONS = ('dataset', 'model', 'pipeline')
@@ -153,19 +166,25 @@ def build(cfg, seed=0):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    primary = int(os.environ.get('RANK', 0)) == 0  # set by torchrun
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.INFO if primary else logging.WARNING,
         format='%(levelname)s - %(asctime)s - %(module)s - %(message)s')
     args, overrides = parse_args(argv)
+    path = None
     try:
         path = resolve_config(args.cfg_file)
         cfg = apply_arguments(load_config(path), args)
         apply_overrides(cfg, overrides, path)
+        check_config(cfg, path, overridden=overrides)
         dataset, model, pipeline = build(cfg, args.seed)
+    except ConfigError as error:
+        sys.exit(f"run_pipeline: error: {error}")
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
         # Configuration and data-path mistakes: one line, no traceback.
         message = error.args[0] if isinstance(error, KeyError) else error
-        sys.exit(f"run_pipeline: error: {message}")
+        context = f" (config {path})" if path is not None else ""
+        sys.exit(f"run_pipeline: error: {message}{context}")
     pipeline.cfg_tb = {
         'readme': 'NCM-KPConv (ncm_plugin)',
         'cmd_line': ' '.join(['run_pipeline.py'] + list(argv)),
@@ -175,4 +194,9 @@ def main(argv=None):
         pipeline.run_test()
     else:
         pipeline.run_train()
+        stop = getattr(pipeline, 'stop', None)
+        if stop is not None and stop.requested:
+            log.warning("Stopped by a signal; the checkpoint is saved, run "
+                        "the same command to resume")
+            sys.exit(stop.exit_code)
     return pipeline

@@ -80,11 +80,17 @@ class CloudAwareDataloader(TorchDataloader):
 
 
 def seed_worker(worker_id):
-    """Give numpy and random a distinct seed in every worker.
+    """Give numpy and random a distinct seed in every worker, and leave
+    Ctrl-C to the main process.
 
-    (Open3D-ML's own worker_init_fn overflows on numpy 2.)
+    (Open3D-ML's own worker_init_fn overflows on numpy 2.) A terminal sends
+    SIGINT to the whole process group: a worker that died of it would make
+    the main process fail with "DataLoader worker exited unexpectedly"
+    instead of stopping at the next step and saving a checkpoint.
     """
     import random
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

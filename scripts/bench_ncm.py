@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Time a KPConv training step with and without the NCM term (ncm_plugin/bench.py).
+"""What the NCM plugin costs (ncm_plugin/bench*.py).
 
     python scripts/bench_ncm.py [--config ncm_kpconv_s3dis.yml] [--device cuda]
+    python scripts/bench_ncm.py --part scaling      # NCM time vs points, classes
+    python scripts/bench_ncm.py --part throughput --config ncm_kpconv_demo.yml
+    python scripts/bench_ncm.py --part convert --stock-python /tmp/pd2/bin/python
 """
 import sys
 from pathlib import Path

@@ -119,3 +119,76 @@ def test_knn_neighborhood_stays_inside_each_cloud(inputs):
     stock_loss, _ = losses(stock, inputs)
     our_loss, _ = losses(ours, inputs)
     assert torch.isfinite(our_loss) and our_loss > stock_loss
+
+
+def brute_force_pooled(scores, valid, pools):
+    """Layer-by-layer loops: each coarse point sums the (sum, count) of the
+    real fine points of its pooling list."""
+    sums = [s * float(v) for s, v in zip(scores.double(), valid)]
+    counts = [float(v) for v in valid]
+    for layer_pools in pools:
+        fine = len(sums)
+        new_sums, new_counts = [], []
+        for row in layer_pools.tolist():
+            members = [j for j in row if j < fine]
+            new_sums.append(sum((sums[j] for j in members),
+                                torch.zeros(scores.shape[1],
+                                            dtype=torch.float64)))
+            new_counts.append(sum(counts[j] for j in members))
+        sums, counts = new_sums, new_counts
+    pooled = torch.stack([s / c if c > 0 else s for s, c in zip(sums, counts)])
+    return pooled, torch.tensor([c > 0 for c in counts])
+
+
+def test_ncm_on_layer_1_uses_pooled_distributions(inputs):
+    _, ours = make_models({'weight': 1.0, 'layer': 1})
+    ours.eval()
+    batch = inputs['data']
+    logits = ours(batch).double()
+    valid = torch.ones(len(batch.labels), dtype=torch.bool)
+    labels, _ = brute_force_pooled(torch.eye(3)[batch.labels], valid,
+                                   batch.pools[:1])
+    scores, valid_1 = brute_force_pooled(torch.softmax(logits, 1), valid,
+                                         batch.pools[:1])
+    assert len(scores) == len(batch.points[1]) < len(batch.points[0])
+    target = cooccurrence(labels, batch.neighbors[1], batch.lengths[1],
+                          valid_1)
+    prediction = cooccurrence(scores, batch.neighbors[1], batch.lengths[1],
+                              valid_1)
+    expected = ncm_kl(target, prediction, 'forward', 1e-6)
+    got = ours.ncm_loss(logits.float(), batch.labels, batch)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+    # Not the layer-0 NCM under another name.
+    _, layer_0 = make_models({'weight': 1.0})
+    assert abs(layer_0.ncm_loss(logits.float(), batch.labels, batch).item()
+               - got.item()) > 1e-4
+
+
+@pytest.mark.parametrize('layer, message', [
+    (2, 'has 2 layer'),    # the tiny architecture has layers 0 and 1
+    (-1, '>= 0'),
+])
+def test_ncm_layer_must_exist_in_the_architecture(layer, message):
+    with pytest.raises(ValueError, match=f'model.ncm.layer.*{message}'):
+        NCMKPFCNN(**TINY_MODEL, ncm={'layer': layer})
+
+
+def test_ncm_term_stays_float32_and_finite_with_half_inputs(inputs):
+    """pipeline.amp: under float16 autocast the NCM term is still float32."""
+    _, ours = make_models({'weight': 1.0})
+    batch = inputs['data']
+    with torch.no_grad():
+        logits = ours(batch)
+    reference = ours.ncm_loss(logits, batch.labels, batch)
+    # Confident half-precision logits: float16 softmax products of this
+    # size underflow, the float32 term must not.
+    half = (logits * 20).half().requires_grad_(True)
+    with torch.autocast('cpu', dtype=torch.float16):
+        term = ours.ncm_loss(half, batch.labels, batch)
+    assert term.dtype == torch.float32 and torch.isfinite(term)
+    term.backward()
+    assert half.grad.dtype == torch.float16
+    assert torch.isfinite(half.grad).all()
+    torch.testing.assert_close(
+        ours.ncm_loss(half.detach().float(), batch.labels, batch), term)
+    assert reference.dtype == torch.float32

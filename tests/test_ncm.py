@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from ncm_plugin.ncm import cooccurrence, ncm_kl, smooth
+from ncm_plugin.ncm import (cooccurrence, ncm_kl, neighbor_matrix, pool_scores,
+                            smooth, transpose_csr)
 
 
 def brute_force_ncm(scores, neighbors, lengths, valid=None):
@@ -212,3 +213,31 @@ def test_gradcheck_double_precision(direction):
         return ncm_kl(target, prediction, direction, eps=1e-3)
 
     assert torch.autograd.gradcheck(loss, (logits,))
+
+
+def test_pooled_scores_are_count_weighted_means_of_valid_points():
+    scores = torch.tensor([[1., 0], [1, 0], [0.2, 0.8], [0, 1]])
+    valid = torch.tensor([True, True, False, True])
+    # Layer 1: three points pooling {0, 1}, {2, 3} and {2}; shadow index 4.
+    pools_1 = torch.tensor([[0, 1, 4], [2, 3, 4], [2, 4, 4]])
+    # Layer 2: one point pooling the first two of layer 1; shadow index 3.
+    pools_2 = torch.tensor([[0, 1, 3]])
+    layer_1, valid_1 = pool_scores(scores, valid, [pools_1])
+    torch.testing.assert_close(layer_1, torch.tensor([[1., 0], [0, 1],
+                                                      [0, 0]]))
+    assert valid_1.tolist() == [True, True, False]
+    layer_2, valid_2 = pool_scores(scores, valid, [pools_1, pools_2])
+    # Three valid input points in the region, two of class 0.
+    torch.testing.assert_close(layer_2, torch.tensor([[2 / 3, 1 / 3]]))
+    assert valid_2.tolist() == [True]
+
+
+def test_transpose_csr_matches_the_dense_transpose():
+    scores, neighbors, lengths = random_batch([6, 9], 3, 5, seed=3)
+    adjacency = neighbor_matrix(neighbors, lengths, dtype=torch.float64)
+    adjacency = torch.sparse_csr_tensor(
+        adjacency.crow_indices(), adjacency.col_indices(),
+        torch.arange(1., adjacency.values().numel() + 1, dtype=torch.float64),
+        adjacency.shape, check_invariants=False)
+    torch.testing.assert_close(transpose_csr(adjacency).to_dense(),
+                               adjacency.to_dense().T)

@@ -168,6 +168,19 @@ def test_read_annotation_rejects_rows_without_six_numbers(tmp_path):
     assert skipped[3].reason == 'byte 0x6e at column 1'
 
 
+@pytest.mark.parametrize('text', [
+    b'1 2 3 4 5 6\n-7.25 8 9 10 11 12\n',          # S3DIS: single spaces
+    b'1\t2 3  4 5 6\n -7.25 8 9 10 11 12 \n',      # other blanks
+])
+def test_clean_files_parse_whatever_their_spacing(tmp_path, text):
+    path = tmp_path / 'table_1.txt'
+    path.write_bytes(text)
+    values, skipped = read_annotation(path)
+    np.testing.assert_array_equal(values, [[1, 2, 3, 4, 5, 6],
+                                           [-7.25, 8, 9, 10, 11, 12]])
+    assert skipped == []
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     missing = tmp_path / 'no_such_s3dis'
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):

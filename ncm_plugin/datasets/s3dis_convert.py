@@ -122,24 +122,54 @@ def read_annotation(path):
     return _read_diagnosed(path, raw)
 
 
-def _read_frame(source):
-    """The stock reader, with ``delim_whitespace`` spelled the pandas 3 way."""
+def _read_clean_room(files):
+    """[values [N_f, 6]] of every file when all of them are clean, else None.
+
+    The common case, fast: the files' bytes are checked as in
+    `read_annotation` and parsed in one pandas call (per-call costs are
+    paid once per room, not once per object); any doubt (a bad byte, a blank
+    line, a row count that differs) leaves the room to `read_annotation`.
+    """
+    texts = [file.read_bytes() for file in files]
+    counts = [text.count(b'\n') for text in texts]
+    if not all(texts) or any(not text.endswith(b'\n') or
+                             text.translate(None, _NUMBER_BYTES + _BLANK_BYTES
+                                            + b'\n') for text in texts):
+        return None
+    values = _parse_clean(io.BytesIO(b''.join(texts)))
+    if values is None or len(values) != sum(counts):
+        return None
+    return np.split(values, np.cumsum(counts)[:-1])
+
+
+def _read_frame(source, sep=r'\s+'):
+    """The stock reader, with ``delim_whitespace`` spelled the pandas 3 way
+    (sep=r'\s+'); sep=' ' reads files with single spaces ~1.4x faster."""
     with warnings.catch_warnings():  # mixed column types: the caller checks
         warnings.simplefilter('ignore', pd.errors.DtypeWarning)
-        return pd.read_csv(source, sep=r'\s+', header=None, engine='c')
+        return pd.read_csv(source, sep=sep, header=None, engine='c')
 
 
 def _parse_clean(source):
-    """``values [N, 6] float64`` if every row is 6 finite numbers, else None."""
-    try:
-        frame = _read_frame(source)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
-    numeric = all(map(pd.api.types.is_numeric_dtype, frame.dtypes))
-    if frame.shape[1] != VALUES_PER_ROW or not numeric:
-        return None
-    values = frame.to_numpy(np.float64)
-    return values if np.isfinite(values).all() else None
+    """``values [N, 6] float64`` if every row is 6 finite numbers, else None.
+
+    S3DIS separates values by single spaces: that fast parse is tried first,
+    any other spacing (tabs, runs of blanks, trailing blanks) is then read as
+    the stock reader does."""
+    for sep in (' ', r'\s+'):
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        try:
+            frame = _read_frame(source, sep)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):
+            continue
+        numeric = all(map(pd.api.types.is_numeric_dtype, frame.dtypes))
+        if frame.shape[1] != VALUES_PER_ROW or not numeric:
+            continue
+        values = frame.to_numpy(np.float64)
+        if np.isfinite(values).all():
+            return values
+    return None
 
 
 def _read_diagnosed(path, raw):
@@ -220,16 +250,22 @@ def build_room(room):
     """
     label_of = {name: index for index, name in enumerate(CLASS_NAMES)}
     blocks, bboxes, skipped, left_out = [], [], [], []
-    for file in sorted((Path(room) / 'Annotations').glob('*.txt')):
-        values, bad_rows = read_annotation(file)
-        skipped += bad_rows
+    files = sorted((Path(room) / 'Annotations').glob('*.txt'))
+    clean = _read_clean_room(files)
+    for index, file in enumerate(files):
+        if clean is not None:
+            values = clean[index]
+        else:
+            values, bad_rows = read_annotation(file)
+            skipped += bad_rows
         if len(values) == 0:
             left_out.append(file)
             continue
         name = class_of(file)
         labels = np.full((len(values), 1), label_of[name], dtype=np.float64)
         blocks.append(np.concatenate([values, labels], axis=1))
-        bboxes.append([name] + get_min_bbox(values))
+        # xyz only: the stock function copies what it is given.
+        bboxes.append([name] + get_min_bbox(values[:, :3]))
     content = [np.concatenate(blocks, axis=0), bboxes] if blocks else None
     return content, skipped, left_out
 

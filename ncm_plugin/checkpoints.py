@@ -1,0 +1,194 @@
+"""Training checkpoints that survive a killed run, and what a resume needs.
+
+Files: `<logs_dir>/checkpoint/ckpt_<epoch:05d>.pth`, Open3D-ML's names, so its
+own `load_ckpt` and `latest_torch_ckpt` still find them. Each is written to a
+hidden temporary file in the same folder, fsync'ed, renamed over the final
+name and the folder fsync'ed: a run killed at any moment leaves either the
+previous set of checkpoints or the new one, plus at most a stale
+`.ckpt_*.tmp` (which the next run removes). Only the newest
+`keep_checkpoints` files are kept.
+
+Contents (a dict; `torch.load(..., weights_only=True)` reads it):
+    epoch                 the last epoch whose training steps ran (0-based)
+    steps_done            present only in a checkpoint written by SIGINT/
+                          SIGTERM in the middle of `epoch`: batches of it done
+    model_state_dict      the bare model's (never DDP's 'module.' names)
+    optimizer_state_dict, scheduler_state_dict   as Open3D-ML
+    scaler_state_dict     the GradScaler's, with pipeline.amp on CUDA
+    random_states         one entry per rank: torch (+ CUDA), numpy and python
+                          `random` generator states, see `random_state()`
+    best                  {'metric': 'validation mIoU', 'value', 'epoch'} or None
+    world_size            ranks of the run that wrote it
+    format                CHECKPOINT_FORMAT
+
+Test hook: with the environment variable NCM_CHECKPOINT_WRITE_PAUSE=<seconds>
+the writer writes the first half of the bytes, flushes them and sleeps that
+long before writing the rest, so that a test can kill the process inside a
+checkpoint write (tests/test_checkpoints.py). Nothing else reads it.
+"""
+import io
+import logging
+import os
+import random
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 'ncm_plugin.checkpoint/1'
+NAME_PATTERN = re.compile(r'^ckpt_(\d+)\.pth$')
+TEMP_PREFIX = '.ckpt_'
+TEMP_SUFFIX = '.tmp'
+PAUSE_ENV = 'NCM_CHECKPOINT_WRITE_PAUSE'
+
+
+def checkpoint_name(epoch):
+    return f'ckpt_{epoch:05d}.pth'
+
+
+def list_checkpoints(folder):
+    """[(epoch, path)] of the checkpoints in `folder`, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), folder / m.group(0))
+             for m in map(NAME_PATTERN.match, os.listdir(folder)) if m]
+    return sorted(found)
+
+
+def write_atomic(obj, path):
+    """torch.save(obj, path) such that `path` is never seen half-written.
+
+    Temporary file in the same folder (same file system, so the rename is
+    atomic), fsync of its content, os.replace, fsync of the folder so that
+    the rename itself survives a power cut.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f'{TEMP_PREFIX}{path.stem}.',
+                               suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            pause = float(os.environ.get(PAUSE_ENV, 0) or 0)
+            if pause > 0:
+                _write_with_pause(obj, f, pause)
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_with_pause(obj, f, seconds):
+    """The test hook: half the bytes, flushed, a pause, the rest."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    f.write(data[:len(data) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    log.info("Checkpoint write paused for %.1f s (%s)", seconds, PAUSE_ENV)
+    time.sleep(seconds)
+    f.write(data[len(data) // 2:])
+
+
+def _fsync_folder(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform; the rename is done
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that were killed."""
+    for tmp in Path(folder).glob(f'{TEMP_PREFIX}*{TEMP_SUFFIX}'):
+        log.info("Removing %s, left by a checkpoint write that was "
+                 "interrupted", tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def prune(folder, keep):
+    """Keep the `keep` newest checkpoints of `folder` (all if keep is None)."""
+    if keep is None:
+        return []
+    old = [path for _, path in list_checkpoints(folder)[:-keep]]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
+def load(path):
+    """A checkpoint read on the CPU, with weights_only (no code runs)."""
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def load_latest_readable(folder):
+    """(path, checkpoint) of the newest checkpoint that loads, or (None, None).
+
+    A checkpoint that cannot be read (truncated by a disk fault or a copy
+    that was cut short) is skipped with a warning naming it, and the one
+    before it is tried.
+    """
+    for epoch, path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load(path)
+        except Exception as error:  # noqa: BLE001 (any unreadable file)
+            log.warning("Skipping unreadable checkpoint %s (%s: %s); trying "
+                        "the previous one", path, type(error).__name__,
+                        str(error).splitlines()[0] if str(error) else '')
+    return None, None
+
+
+# -- random generators --------------------------------------------------------
+def random_state():
+    """This process's generator states, as tensors and plain numbers (so a
+    weights_only load accepts them)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy': {'name': name, 'keys': torch.from_numpy(keys.astype(np.int64)),
+                  'pos': int(pos), 'has_gauss': int(has_gauss),
+                  'cached_gaussian': float(cached)},
+        'python': {'version': version, 'internal': list(internal),
+                   'gauss_next': gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state):
+    """Restore what `random_state()` captured."""
+    torch.set_rng_state(state['torch'])
+    numpy = state['numpy']
+    np.random.set_state((numpy['name'],
+                         numpy['keys'].numpy().astype(np.uint32),
+                         numpy['pos'], numpy['has_gauss'],
+                         numpy['cached_gaussian']))
+    python = state['python']
+    random.setstate((python['version'], tuple(python['internal']),
+                     python['gauss_next']))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])

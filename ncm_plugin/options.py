@@ -1,0 +1,112 @@
+"""PipelineOptions: the `pipeline` keys the plugin adds, in one place.
+
+Open3D-ML's pipelines take any keyword and ignore the ones they do not read,
+so `--pipeline.num_wokers 4` trains with no worker and says nothing. Here the
+`pipeline` section is checked against the keys the stock semantic-
+segmentation pipeline and the stock models' `get_optimizer` read, plus the
+plugin's own below, whose defaults and types live in this dataclass only.
+"""
+import difflib
+from dataclasses import dataclass, fields
+from typing import Optional
+
+# Keys of the `pipeline` section that Open3D-ML itself reads: the arguments of
+# SemanticSegmentation/BasePipeline, the `summary` block, what the stock models'
+# get_optimizer take from the pipeline config, and the runner's `seed`.
+STOCK_PIPELINE_KEYS = frozenset((
+    'name', 'batch_size', 'val_batch_size', 'test_batch_size', 'max_epoch',
+    'learning_rate', 'lr_decays', 'save_ckpt_freq', 'adam_lr',
+    'scheduler_gamma', 'momentum', 'main_log_dir', 'device', 'split',
+    'train_sum_dir', 'summary', 'weight_decay', 'deform_lr_factor',
+    'optimizer', 'seed'))
+
+# Keys users bring from Open3D-ML's own distributed set-up; the plugin takes
+# them from torchrun's environment instead.
+LAUNCHER_KEYS = ('distributed', 'rank', 'world_size', 'backend')
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """The plugin's `pipeline` settings.
+
+    num_workers: DataLoader worker processes (0 = load in the main process).
+    pin_memory: pin host batches for faster copies (CUDA only).
+    test_after_train: run the test split once training ends (rank 0).
+    keep_checkpoints: how many of the newest checkpoints to keep; null keeps
+        all (Open3D-ML's behaviour). Keep at least 2 if a disk fault could
+        spoil the newest one: resume then falls back to the previous.
+    amp: autocast forward and loss in float16 on CUDA with a GradScaler; the
+        NCM term is always computed in float32. Ignored (with a warning) on CPU.
+    sync_batchnorm: under torchrun, replace batch norm by SyncBatchNorm so its
+        statistics are taken over every rank's spheres (CUDA only). Off: each
+        rank normalises with the statistics of its own spheres, and the running
+        statistics of rank 0 are the ones validated and saved.
+    find_unused_parameters: DistributedDataParallel's flag. KPFCNN, deformable
+        blocks included, gives every trainable parameter a gradient in every
+        step, so the default False is right and saves a graph traversal a step;
+        set it for a custom architecture that DDP reports unused parameters for.
+    """
+    num_workers: int = 0
+    pin_memory: bool = True
+    test_after_train: bool = False
+    keep_checkpoints: Optional[int] = None
+    amp: bool = False
+    sync_batchnorm: bool = False
+    find_unused_parameters: bool = False
+
+    @classmethod
+    def from_dict(cls, section, where='pipeline'):
+        """The plugin's keys of a `pipeline` section, validated.
+
+        Raises KeyError for a key neither Open3D-ML nor the plugin reads,
+        TypeError for a wrong type, ValueError for a value out of range; the
+        message names the key as '{where}.KEY'.
+        """
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(section) - set(known) - STOCK_PIPELINE_KEYS)
+        launcher = [key for key in unknown if key in LAUNCHER_KEYS]
+        if launcher:
+            raise KeyError(
+                f"{where}.{launcher[0]}: distributed training is launched with "
+                f"torchrun (torchrun --nproc_per_node N scripts/run_pipeline.py "
+                f"...), which sets the ranks; remove the key")
+        if unknown:
+            valid = sorted(STOCK_PIPELINE_KEYS | set(known))
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            raise KeyError(
+                f"{where}.{unknown[0]}: unknown key"
+                f"{f' (did you mean {close[0]}?)' if close else ''}"
+                f"{f'; also unknown: {unknown[1:]}' if unknown[1:] else ''}; "
+                f"known keys are {valid}")
+        values = {}
+        for key, field in known.items():
+            if key not in section:
+                continue
+            value = section[key]
+            optional = field.type == Optional[int]
+            expected = int if optional else field.type
+            if value is None and optional:
+                values[key] = None
+                continue
+            if (isinstance(value, bool) and expected is not bool) or \
+                    not isinstance(value, expected):
+                raise TypeError(f"{where}.{key} must be "
+                                f"{'an int or null' if optional else f'a {expected.__name__}'}"
+                                f", got {value!r}")
+            values[key] = value
+        options = cls(**values)
+        if options.num_workers < 0:
+            raise ValueError(f"{where}.num_workers must be >= 0, got "
+                             f"{options.num_workers}")
+        if options.keep_checkpoints is not None and options.keep_checkpoints < 1:
+            raise ValueError(f"{where}.keep_checkpoints must be >= 1 or null "
+                             f"(keep all), got {options.keep_checkpoints}")
+        return options
+
+
+def device_type(device):
+    """'cuda' or 'cpu' for a config's device string (None = cuda if present)."""
+    if device is None:
+        import torch
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return 'cuda' if str(device).startswith(('cuda', 'gpu')) else str(device)

@@ -6,6 +6,7 @@ import torch
 from .ncm import DIRECTIONS, cooccurrence_from_matrix, ncm_kl, neighbor_matrix
 
 NEIGHBORHOODS = ('kpconv', 'knn')
+TARGETS = ('sample', 'scene')
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,16 @@ class NCMConfig:
         conv_radius * first_subsampling_dl) that the batch already carries;
         'knn' searches the `k` nearest neighbors of every point inside its
         own cloud (Open3D's knn_search).
+    target: 'sample' counts the target NCM on the sampled sphere's labels;
+        'scene' counts it once on the whole scene's labels (scene_target.py)
+        and carries it into the batch.
     """
     weight: float = 1.0
     direction: str = 'forward'
     eps: float = 1e-6
     neighborhood: str = 'kpconv'
     k: int = 16
+    target: str = 'sample'
 
     @classmethod
     def from_dict(cls, section, where='model.ncm'):
@@ -50,6 +55,9 @@ class NCMConfig:
         if cfg.neighborhood not in NEIGHBORHOODS:
             raise ValueError(f"{where}.neighborhood must be one of "
                              f"{NEIGHBORHOODS}, got {cfg.neighborhood!r}")
+        if cfg.target not in TARGETS:
+            raise ValueError(f"{where}.target must be one of {TARGETS}, got "
+                             f"{cfg.target!r}")
         for key in ('weight', 'eps'):
             if getattr(cfg, key) < 0:
                 raise ValueError(f"{where}.{key} must be >= 0, got "
@@ -108,20 +116,45 @@ def knn_neighbors(points, lengths, k):
 class NCMLoss(torch.nn.Module):
     """Weighted NCM term of a KPConv batch: weight * KL(NCM_target, NCM_pred).
 
-    The target NCM comes from the labels, the predicted one from the softmax
+    The target NCM comes from the labels (of the sphere, or of the whole scene
+    with target 'scene', carried by the batch), the predicted one from the softmax
     of the logits; both use the same neighborhood and the same valid points.
     After each call, `last_kl` holds the unweighted KL (detached) for logging.
     """
 
     def __init__(self, num_classes, ignored_label_inds=(), weight=1.0,
-                 direction='forward', eps=1e-6, neighborhood='kpconv', k=16):
+                 direction='forward', eps=1e-6, neighborhood='kpconv', k=16,
+                 target='sample'):
         super().__init__()
         self.cfg = NCMConfig.from_dict(
             dict(weight=weight, direction=direction, eps=eps,
-                 neighborhood=neighborhood, k=k))
+                 neighborhood=neighborhood, k=k, target=target))
         self.num_classes = num_classes
         self.ignored_label_inds = tuple(ignored_label_inds)
         self.last_kl = None
+
+    def extra_repr(self):
+        # Part of the model's repr, hence of Open3D-ML's preprocessing cache
+        # key: a scene target is stored in the cache, so its settings must
+        # select the cache.
+        if self.cfg.target != 'scene' or self.cfg.weight == 0:
+            return ''
+        hood = (f'knn k={self.cfg.k}' if self.cfg.neighborhood == 'knn'
+                else 'kpconv')
+        return f'target=scene, neighborhood={hood}'
+
+    def scene_targets(self, batch):
+        """[B, C, C] targets the batcher carried (target: scene)."""
+        target = getattr(batch, 'ncm_target', None)
+        if target is None:
+            raise ValueError(
+                "model.ncm.target is 'scene' but the batch carries no "
+                "ncm_target: batch with scene_target.NCMConcatBatcher (the "
+                "NCMSemanticSegmentation pipeline does)")
+        if target.shape[0] != len(batch.lengths[0]):
+            raise ValueError(f"{target.shape[0]} scene targets for "
+                             f"{len(batch.lengths[0])} clouds in the batch")
+        return target
 
     def neighbors(self, batch):
         """[N, K] neighbor indices of the layer-0 points, index N = none."""
@@ -140,9 +173,13 @@ class NCMLoss(torch.nn.Module):
         # float32 even under autocast: the KL of small probabilities needs it.
         with torch.autocast(logits.device.type, enabled=False):
             adjacency = neighbor_matrix(self.neighbors(batch), lengths, valid)
-            target = cooccurrence_from_matrix(
-                torch.nn.functional.one_hot(indices, self.num_classes).float(),
-                adjacency, lengths)
+            if self.cfg.target == 'scene':
+                target = self.scene_targets(batch).to(logits.device).float()
+            else:
+                target = cooccurrence_from_matrix(
+                    torch.nn.functional.one_hot(indices,
+                                                self.num_classes).float(),
+                    adjacency, lengths)
             prediction = cooccurrence_from_matrix(
                 torch.softmax(logits.float(), dim=1), adjacency, lengths)
             kl = ncm_kl(target, prediction, self.cfg.direction, self.cfg.eps)

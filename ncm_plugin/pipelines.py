@@ -2,13 +2,16 @@
 what its own cannot do for a KPFCNN subclass.
 
 - ConcatBatcher and the 3D summary dispatch on the model *name* ("KPFCNN");
-  here they dispatch on the class, so NCMKPFCNN (or any KPFCNN subclass) works.
+  here they dispatch on the class, so NCMKPFCNN (or any KPFCNN subclass) works;
+  the batcher also carries scene-level NCM targets (scene_target.py).
 - The training loop logs every loss term (cross entropy, regularizer, NCM)
   to the log file and TensorBoard.
 - It refuses to train on degenerate spheres (the stock random sampler with
   KPFCNN silently yields 3-point spheres).
 - DataLoader workers work: forked workers, CPU collation, per-worker seeds
   and a sampler whose state is shared (see samplers.py).
+- Testing saves every cloud's prediction and ends with results.json/.md/.csv
+  (see evaluation.py).
 """
 import contextlib
 import logging
@@ -32,9 +35,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .evaluation import TestRecorder
-from .scene_target import NCMConcatBatcher
 from .samplers import (WORKER_START_METHOD, CloudAwareDataloader,
                        SharedSpatiallyRegularSampler, seed_worker)
+from .scene_target import NCMConcatBatcher
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from ncm_plugin.datasets.synthetic import write_demo_s3dis
-from ncm_plugin.vis.compare import (IMPROVEMENT, load_comparison, load_dataset,
+from ncm_plugin.vis.compare import (load_comparison, load_dataset,
                                     visualizer_data)
 from ncm_plugin.vis.render import image_size, panel_boxes
 

@@ -165,8 +165,9 @@ def write_heatmaps(config, runs, out, names=('baseline', 'NCM'), cloud=None,
     order = paper_order(classes, benchmark_of(dataset))
     index = [classes.index(c) for c in order]
     pooled = {k: m[np.ix_(index, index)] for k, m in pooled.items()}
+    plural = 's' if len(clouds) > 1 else ''
     title = (f"{cloud} ({split})" if cloud else
-             f"{len(clouds)} cloud{'s' if len(clouds) > 1 else ''} of the {split} split, pooled")
+             f"{len(clouds)} cloud{plural} of the {split} split, pooled")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(pooled, order, list(names), title, out, ncm_cfg.eps)

@@ -133,16 +133,6 @@ class NCMLoss(torch.nn.Module):
         self.ignored_label_inds = tuple(ignored_label_inds)
         self.last_kl = None
 
-    def extra_repr(self):
-        # Part of the model's repr, hence of Open3D-ML's preprocessing cache
-        # key: a scene target is stored in the cache, so its settings must
-        # select the cache.
-        if self.cfg.target != 'scene' or self.cfg.weight == 0:
-            return ''
-        hood = (f'knn k={self.cfg.k}' if self.cfg.neighborhood == 'knn'
-                else 'kpconv')
-        return f'target=scene, neighborhood={hood}'
-
     def scene_targets(self, batch):
         """[B, C, C] targets the batcher carried (target: scene)."""
         target = getattr(batch, 'ncm_target', None)

@@ -4,7 +4,7 @@ from open3d._ml3d.torch.models.kpconv import KPFCNN
 from open3d._ml3d.utils import MODEL
 
 from .losses import NCMConfig, NCMLoss
-from .scene_target import scene_target
+from .scene_target import layer0_radius, scene_target
 
 
 class NCMKPFCNN(KPFCNN):
@@ -26,6 +26,18 @@ class NCMKPFCNN(KPFCNN):
     @property
     def uses_scene_target(self):
         return self.ncm_loss.cfg.target == 'scene' and self.ncm_loss.cfg.weight > 0
+
+    def extra_repr(self):
+        # Part of the model's repr, hence of Open3D-ML's preprocessing cache
+        # key: the cache stores the scene target, so what it depends on must
+        # select the cache.
+        if not self.uses_scene_target:
+            return ''
+        ncm = self.ncm_loss.cfg
+        hood = (f'knn k={ncm.k}' if ncm.neighborhood == 'knn' else
+                f'kpconv radius={layer0_radius(self.cfg)}')
+        return (f'target=scene, neighborhood={hood}, first_subsampling_dl='
+                f'{self.cfg.first_subsampling_dl}')
 
     def preprocess(self, data, attr):
         """Stock preprocessing; with target 'scene' also the scene's target

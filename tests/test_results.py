@@ -109,3 +109,15 @@ def test_a_run_without_results_is_named_in_the_error(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='--split test'):
         load_results(tmp_path / 'empty')
+
+
+def test_scannet_and_semantic3d_columns_name_every_class():
+    from open3d._ml3d.datasets import Semantic3D
+
+    from ncm_plugin.datasets.scannet import ScanNet20
+    from ncm_plugin.results import PAPER_CLASS_ORDER, class_names, paper_order
+    for dataset, benchmark in ((ScanNet20, 'ScanNet'),
+                               (Semantic3D, 'Semantic3D')):
+        names = class_names(dataset.get_label_to_names(), [0])
+        assert paper_order(names, benchmark) == list(PAPER_CLASS_ORDER[benchmark])
+    assert paper_order(['x', 'y'], 'S3DIS') == ['x', 'y']  # unknown: label order

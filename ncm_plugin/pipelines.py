@@ -273,6 +273,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         self.test_results = self._test_recorder.write()
 
     def update_tests(self, sampler, inputs, results):
+        """Stock bookkeeping; a cloud the stock loop just finished goes to
+        the recorder (which ignores the repeats the stock loop produces)."""
         super().update_tests(sampler, inputs, results)
         if self.complete_infer and getattr(self, '_test_recorder', None):
             self._test_recorder.add(self.dataset_split, self.curr_cloud_id,

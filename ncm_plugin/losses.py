@@ -8,7 +8,7 @@ from .ncm import (DIRECTIONS, cooccurrence_from_matrix, ncm_kl,
 
 NEIGHBORHOODS = ('kpconv', 'knn')
 # Where the target NCM comes from: the labels of the sampled sphere, or the
-# whole scene's (computed once per scene; not provided by this NCMLoss).
+# whole scene's (computed once per scene by scene_target.py).
 TARGETS = ('sample', 'scene')
 
 
@@ -30,8 +30,9 @@ class NCMConfig:
         mean class distribution of the input points pooled into it, with
         that layer's neighbor lists (a wider radius). The architecture must
         have the layer (and, for 'kpconv', convolutions in it).
-    target: 'sample' = the target NCM is counted on the sampled sphere's
-        labels; 'scene' = on the whole scene's.
+    target: 'sample' counts the target NCM on the sampled sphere's labels;
+        'scene' counts it once on the whole scene's labels (scene_target.py,
+        layer 0 only) and the batcher carries it into the batch.
     """
     weight: float = 1.0
     direction: str = 'forward'
@@ -66,6 +67,9 @@ class NCMConfig:
         if cfg.neighborhood not in NEIGHBORHOODS:
             raise ValueError(f"{where}.neighborhood must be one of "
                              f"{NEIGHBORHOODS}, got {cfg.neighborhood!r}")
+        if cfg.target not in TARGETS:
+            raise ValueError(f"{where}.target must be one of {TARGETS}, got "
+                             f"{cfg.target!r}")
         for key in ('weight', 'eps'):
             if getattr(cfg, key) < 0:
                 raise ValueError(f"{where}.{key} must be >= 0, got "
@@ -74,9 +78,9 @@ class NCMConfig:
             raise ValueError(f"{where}.k must be >= 1, got {cfg.k}")
         if cfg.layer < 0:
             raise ValueError(f"{where}.layer must be >= 0, got {cfg.layer}")
-        if cfg.target not in TARGETS:
-            raise ValueError(f"{where}.target must be one of {TARGETS}, got "
-                             f"{cfg.target!r}")
+        if cfg.target == 'scene' and cfg.layer != 0:
+            raise ValueError(f"{where}.target 'scene' is counted on the input "
+                             f"points (layer 0), got layer {cfg.layer}")
         return cfg
 
     def check_architecture(self, architecture, where='model.ncm'):
@@ -166,7 +170,8 @@ def knn_neighbors(points, lengths, k):
 class NCMLoss(torch.nn.Module):
     """Weighted NCM term of a KPConv batch: weight * KL(NCM_target, NCM_pred).
 
-    The target NCM comes from the labels, the predicted one from the softmax
+    The target NCM comes from the labels (of the sphere, or of the whole scene
+    with target 'scene', carried by the batch), the predicted one from the softmax
     of the logits; both use the same neighborhood and the same valid points.
     After each call, `last_kl` holds the unweighted KL (detached) for logging.
     """
@@ -178,14 +183,22 @@ class NCMLoss(torch.nn.Module):
         self.cfg = NCMConfig.from_dict(
             dict(weight=weight, direction=direction, eps=eps,
                  neighborhood=neighborhood, k=k, layer=layer, target=target))
-        if self.cfg.target != 'sample':
-            raise ValueError(
-                f"model.ncm.target: {self.cfg.target!r} needs the scene's "
-                f"target NCM in the batch, which this NCMLoss does not "
-                f"compute; use target: sample")
         self.num_classes = num_classes
         self.ignored_label_inds = tuple(ignored_label_inds)
         self.last_kl = None
+
+    def scene_targets(self, batch):
+        """[B, C, C] targets the batcher carried (target: scene)."""
+        target = getattr(batch, 'ncm_target', None)
+        if target is None:
+            raise ValueError(
+                "model.ncm.target is 'scene' but the batch carries no "
+                "ncm_target: batch with scene_target.NCMConcatBatcher (the "
+                "NCMSemanticSegmentation pipeline does)")
+        if target.shape[0] != len(batch.lengths[0]):
+            raise ValueError(f"{target.shape[0]} scene targets for "
+                             f"{len(batch.lengths[0])} clouds in the batch")
+        return target
 
     def neighbors(self, batch):
         """[N, K] neighbor indices of the points of `layer`, index N = none."""
@@ -214,7 +227,10 @@ class NCMLoss(torch.nn.Module):
                 labels, _ = pool_scores(labels, valid, pools)
                 scores, valid = pool_scores(scores, valid, pools)
             adjacency = neighbor_matrix(self.neighbors(batch), lengths, valid)
-            target = cooccurrence_from_matrix(labels, adjacency, lengths)
+            if self.cfg.target == 'scene':
+                target = self.scene_targets(batch).to(logits.device).float()
+            else:
+                target = cooccurrence_from_matrix(labels, adjacency, lengths)
             prediction = cooccurrence_from_matrix(scores, adjacency, lengths)
             kl = ncm_kl(target, prediction, self.cfg.direction, self.cfg.eps)
         self.last_kl = kl.detach()

@@ -4,6 +4,7 @@ from open3d._ml3d.torch.models.kpconv import KPFCNN
 from open3d._ml3d.utils import MODEL
 
 from .losses import NCMConfig, NCMLoss
+from .scene_target import layer0_radius, scene_target
 
 
 class NCMKPFCNN(KPFCNN):
@@ -22,6 +23,45 @@ class NCMKPFCNN(KPFCNN):
                                 self.cfg.ignored_label_inds,
                                 **ncm_cfg.to_dict())
         self.loss_terms = {}
+
+    @property
+    def uses_scene_target(self):
+        return self.ncm_loss.cfg.target == 'scene' and self.ncm_loss.cfg.weight > 0
+
+    def extra_repr(self):
+        # Part of the model's repr, hence of Open3D-ML's preprocessing cache
+        # key: the cache stores the scene target, so what it depends on must
+        # select the cache.
+        if not self.uses_scene_target:
+            return ''
+        ncm = self.ncm_loss.cfg
+        hood = (f'knn k={ncm.k}' if ncm.neighborhood == 'knn' else
+                f'kpconv radius={layer0_radius(self.cfg)}')
+        return (f'target=scene, neighborhood={hood}, first_subsampling_dl='
+                f'{self.cfg.first_subsampling_dl}')
+
+    def preprocess(self, data, attr):
+        """Stock preprocessing; with target 'scene' also the scene's target
+        NCM, which Open3D-ML's cache then stores with the scene."""
+        data = super().preprocess(data, attr)
+        if self.uses_scene_target:
+            data['ncm_target'] = scene_target(data['point'], data['label'],
+                                              self.cfg, self.ncm_loss.cfg)
+        return data
+
+    def transform(self, data, attr, is_test=False):
+        """Stock transform; with target 'scene' the scene's target NCM once
+        per sphere (`ncm_target_list`, which the stock batcher ignores)."""
+        out = super().transform(data, attr, is_test)
+        if self.uses_scene_target:
+            if 'ncm_target' not in data:
+                raise KeyError(
+                    f"model.ncm.target is 'scene' but the preprocessed scene "
+                    f"{attr.get('name')!r} has no ncm_target (a cache written "
+                    f"by another model.ncm setting?): delete it from "
+                    f"dataset.cache_dir")
+            out['ncm_target_list'] = [data['ncm_target']] * len(out['p_list'])
+        return out
 
     def get_loss(self, Loss, results, inputs, device):
         """Stock loss (weighted CE + deformable regularizer) + NCM term.

@@ -2,7 +2,8 @@
 what its own cannot do for a KPFCNN subclass.
 
 - ConcatBatcher and the 3D summary dispatch on the model *name* ("KPFCNN");
-  here they dispatch on the class, so NCMKPFCNN (or any KPFCNN subclass) works.
+  here they dispatch on the class, so NCMKPFCNN (or any KPFCNN subclass) works;
+  the batcher also carries scene-level NCM targets (scene_target.py).
 - The training loop logs every loss term (cross entropy, regularizer, NCM)
   to the log file and TensorBoard.
 - It refuses to train on degenerate spheres (the stock random sampler with
@@ -15,6 +16,8 @@ what its own cannot do for a KPFCNN subclass.
   schedule: model, optimizer, scheduler, epoch, random states, best mIoU.
 - SIGINT/SIGTERM stop at the next step with a checkpoint (interrupts.py).
 - Optional mixed precision on CUDA (precision.py).
+- Testing saves every cloud's prediction and ends with results.json/.md/.csv
+  (see evaluation.py).
 """
 import contextlib
 import json
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open3d._ml3d.torch.dataloaders import ConcatBatcher, get_sampler
+from open3d._ml3d.torch.dataloaders import get_sampler
 from open3d._ml3d.torch.models.kpconv import KPFCNN
 from open3d._ml3d.torch.modules.losses import SemSegLoss
 from open3d._ml3d.torch.modules.metrics import SemSegMetric
@@ -40,11 +43,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from . import checkpoints, distributed
+from .evaluation import TestRecorder
 from .interrupts import StopRequest
 from .options import PipelineOptions
 from .precision import MixedPrecision
 from .samplers import (WORKER_START_METHOD, CloudAwareDataloader,
                        SharedSpatiallyRegularSampler, seed_worker)
+from .scene_target import NCMConcatBatcher
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +148,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
     # -- dispatch on the class, not the name ------------------------------
     def get_batcher(self, device, split='training'):
         if isinstance(self.model, KPFCNN):
-            return ConcatBatcher(device, 'KPFCNN')
+            return NCMConcatBatcher(device)
         return super().get_batcher(device, split)
 
     def get_3d_summary(self, results, input_data, epoch, save_gt=True):
@@ -554,13 +559,16 @@ class NCMSemanticSegmentation(SemanticSegmentation):
 
     # -- testing ----------------------------------------------------------
     def run_test(self):
-        """Stock test loop, then a per-class IoU table with class names.
+        """Stock test loop; every finished cloud's prediction is saved and the
+        run ends with results.json/.md/.csv in the log folder.
 
         Under torchrun only rank 0 tests (the test sampler sweeps every
         point of every cloud, which cannot be split between ranks)."""
         if not self.ranks.primary:
             log.info("Rank %d: testing is done by rank 0", self.ranks.rank)
             return
+        self._test_recorder = TestRecorder(self.dataset, self.model.cfg,
+                                           self.cfg.logs_dir)
         try:
             super().run_test()
         except TypeError:
@@ -570,19 +578,15 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             # only in that case.
             if self.metric_test.confusion_matrix is not None:
                 raise
-        ious = self.metric_test.iou()
-        if ious is None:
-            log.info("No test cloud has labels: predictions saved, no IoU.")
-            return
-        names = self.dataset.get_label_to_names()
-        ignored = set(self.model.cfg.ignored_label_inds)
-        classes = [names[k] for k in sorted(names) if k not in ignored]
-        width = max(map(len, classes))
-        lines = [f"  {c:<{width}}  {100 * iou:6.2f}"
-                 for c, iou in zip(classes, ious[:-1])]
-        lines.append(f"  {'mIoU':<{width}}  {100 * ious[-1]:6.2f}")
-        log.info("Test IoU per class (%%):\n%s", "\n".join(lines))
-        self.test_ious = dict(zip(classes + ['mIoU'], ious))
+        self.test_results = self._test_recorder.write()
+
+    def update_tests(self, sampler, inputs, results):
+        """Stock bookkeeping; a cloud the stock loop just finished goes to
+        the recorder (which ignores the repeats the stock loop produces)."""
+        super().update_tests(sampler, inputs, results)
+        if self.complete_infer and getattr(self, '_test_recorder', None):
+            self._test_recorder.add(self.dataset_split, self.curr_cloud_id,
+                                    self.ori_test_labels[-1])
 
 
 PIPELINE._register_module(NCMSemanticSegmentation, 'torch')

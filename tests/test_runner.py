@@ -1,5 +1,6 @@
 """scripts/run_pipeline.py end to end on generated S3DIS data, and its parsing."""
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,18 @@ def test_train_then_test_from_the_command_line(s3dis_raw, tmp_path):
     labels = np.load(predictions[0])
     assert labels.shape == (num_points,)
     assert 0 <= labels.min() and labels.max() < 13
+    # The run's log folder: results in the paper's columns, predictions of
+    # every test room in its point order.
+    run = checkpoints[0].parent.parent
+    results = json.loads((run / 'results.json').read_text())
+    assert list(results['per_class_iou'])[7:9] == ['chair', 'table']
+    present = [v for v in results['per_class_iou'].values() if v is not None]
+    assert results['miou'] == pytest.approx(np.mean(present))
+    assert 0 < results['overall_accuracy'] <= 100
+    assert results['clouds'] == [f'Area_5_{r.name}' for r in rooms]
+    assert (run / 'results.md').exists() and (run / 'results.csv').exists()
+    saved = np.load(run / 'predictions' / f'Area_5_{rooms[0].name}.npy')
+    np.testing.assert_array_equal(saved, labels)
 
 
 def test_missing_dataset_path_is_one_clear_error(tmp_path):

@@ -143,7 +143,7 @@ def _read_clean_room(files):
 
 
 def _read_frame(source, sep=r'\s+'):
-    """The stock reader, with ``delim_whitespace`` spelled the pandas 3 way
+    r"""The stock reader, with ``delim_whitespace`` spelled the pandas 3 way
     (sep=r'\s+'); sep=' ' reads files with single spaces ~1.4x faster."""
     with warnings.catch_warnings():  # mixed column types: the caller checks
         warnings.simplefilter('ignore', pd.errors.DtypeWarning)

@@ -1,12 +1,10 @@
 """NCMSemanticSegmentation: dispatch, sphere check, workers, loss-term logs."""
-import pickle
-
-import numpy as np
 import pytest
 from open3d._ml3d.datasets import S3DIS
 from open3d._ml3d.utils import Config, get_module
 
-from conftest import TINY_MODEL, tiny_scene
+from conftest import TINY_MODEL
+from tiny_training import write_cached_s3dis
 from ncm_plugin.models import NCMKPFCNN
 from ncm_plugin.pipelines import (DegenerateSpheresError,
                                   NCMSemanticSegmentation, check_spheres)
@@ -16,16 +14,7 @@ from ncm_plugin.samplers import SharedSpatiallyRegularSampler
 @pytest.fixture(scope='module')
 def cached_s3dis(tmp_path_factory):
     """Two rooms per area in the stock S3DIS cache format (original_pkl)."""
-    root = tmp_path_factory.mktemp('s3dis')
-    (root / 'original_pkl').mkdir()
-    for area in (1, 2, 5):
-        for room in range(2):
-            scene = tiny_scene(10 * area + room, 3000)
-            cloud = np.c_[2 * scene['point'], scene['feat'], scene['label']]
-            with open(root / 'original_pkl' / f'Area_{area}_room_{room}.pkl',
-                      'wb') as f:
-                pickle.dump([cloud.astype(np.float64), []], f)
-    return root
+    return write_cached_s3dis(tmp_path_factory.mktemp('s3dis'))
 
 
 def make_pipeline(root, tmp_path, **pipeline):

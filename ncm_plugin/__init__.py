@@ -11,7 +11,8 @@ import importlib
 # Stock modules whose import registers Open3D-ML's own classes.
 _STOCK_MODULES = ('open3d._ml3d.torch.models', 'open3d._ml3d.torch.pipelines',
                   'open3d._ml3d.datasets')
-_PLUGIN_MODULES = ('.models', '.pipelines', '.samplers', '.datasets')
+_PLUGIN_MODULES = ('.models', '.training.pipeline', '.training.samplers',
+                   '.datasets')
 
 
 def register():

@@ -17,13 +17,12 @@ Memory: the dense neighbor list of the whole subsampled scene, [N, K].
 Travel: the model's `preprocess` adds `ncm_target [C, C]` to the preprocessed
 scene, so Open3D-ML's preprocessing cache stores it with the scene; its
 `transform` repeats it once per sphere as `ncm_target_list`, a key the stock
-KPConvBatch ignores; `NCMConcatBatcher` stacks those of the spheres the
+KPConvBatch ignores; `training.batcher.NCMConcatBatcher` stacks those of the spheres the
 batch kept into `batch.ncm_target [B, C, C]`. The stock ConcatBatcher and
 KPConvBatch are used unchanged.
 """
 import numpy as np
 import torch
-from open3d._ml3d.torch.dataloaders import ConcatBatcher
 
 from .losses import class_indices, knn_neighbors
 from .ncm import cooccurrence_from_matrix, neighbor_matrix
@@ -81,25 +80,3 @@ def scene_target(points, labels, model_cfg, ncm_cfg):
     neighbors = cloud_neighbors(points, ncm_cfg, model_cfg)
     ncm, _ = cloud_ncm(indices, valid, neighbors, num_classes)
     return ncm.astype(np.float32)
-
-
-class NCMConcatBatcher(ConcatBatcher):
-    """Open3D-ML's ConcatBatcher for KPFCNN that also carries the scene
-    targets: `batch.ncm_target [B, C, C]` (CPU) when the items have them."""
-
-    def __init__(self, device):
-        super().__init__(device, 'KPFCNN')
-
-    def collate_fn(self, batches):
-        out = super().collate_fn(batches)
-        targets = [t for item in batches
-                   for t in item['data'].get('ncm_target_list', ())]
-        if targets:
-            spheres = sum(len(item['data']['p_list']) for item in batches)
-            if len(targets) != spheres:
-                raise ValueError(f"{len(targets)} scene targets for {spheres} "
-                                 f"spheres: every item needs ncm_target_list")
-            # KPConvBatch keeps the first spheres up to batch_limit.
-            kept = len(out['data'].lengths[0])
-            out['data'].ncm_target = torch.from_numpy(np.stack(targets[:kept]))
-        return out

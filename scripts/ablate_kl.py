@@ -1,44 +1,14 @@
-"""KL direction x target ablation (the paper's section 4.3): the baseline and
-forward/reverse x sample/scene, same seed and budget, one comparison table.
+#!/usr/bin/env python
+"""KL direction x target ablation (the paper's section 4.3).
 
-    python scripts/ablate_kl.py --config ncm_kpconv_demo.yml
-    python scripts/ablate_kl.py --config ncm_kpconv_s3dis.yml --out logs/ablate \
-        --dataset_path /data/S3DIS --device cuda --pipeline.max_epoch 100
-
-Arguments it does not know (--dataset_path, --device, dotted overrides) are
-given to every run_pipeline.py run. Writes OUT/ablation.md (the comparison
-table and whether the NCM KL fell in each run), OUT/ablation.csv and
-OUT/ablation.json; each run lives in OUT/<variant>/ with its run.log.
+Thin wrapper of `ncm_plugin.tools.ablate_kl`; installed as the command `ncm-ablate-kl`.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ncm_plugin.ablation import VARIANTS, ablate, select_variants  # noqa: E402
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--config', required=True,
-                        help='an NCM config (path or name in configs/)')
-    parser.add_argument('--out', help='output folder (default '
-                        'logs/ablate_kl/<config name>)')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='seed of every run (default 0)')
-    parser.add_argument('--variants', nargs='+', metavar='NAME',
-                        help='run only these of: ' + ' '.join(
-                            name for name, _ in VARIANTS))
-    args, extra = parser.parse_known_args(argv)
-    out = args.out or Path('logs') / 'ablate_kl' / Path(args.config).stem
-    try:
-        print(ablate(args.config, out, args.seed, extra,
-                     select_variants(args.variants)))
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError,
-            RuntimeError) as error:
-        sys.exit(f"ablate_kl: error: {error}")
-
+from ncm_plugin.tools.ablate_kl import main  # noqa: E402
 
 if __name__ == '__main__':
     main()

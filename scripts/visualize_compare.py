@@ -1,67 +1,14 @@
+#!/usr/bin/env python
 """Baseline vs NCM on one test cloud (the paper's Fig. 3 and Fig. 4).
 
-    python scripts/visualize_compare.py --dataset-config ncm_kpconv_s3dis.yml \
-        --dataset_path /data/S3DIS --runs logs/kpconv_deform_s3dis \
-        logs/ncm_kpconv_s3dis --cloud Area_5_office_1 [--png OUT.png]
-
-Without --png it opens Open3D-ML's visualizer (a display is needed) with the
-attributes colors (input), ground truth, baseline, NCM and improvement, each
-label attribute with the dataset's LabelLUT. With --png it renders, headless,
-input / ground truth / baseline / NCM side by side from one camera, the
-improvement view and the legends into one image.
+Thin wrapper of `ncm_plugin.tools.visualize_compare`; installed as the command `ncm-visualize-compare`.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--dataset-config', required=True,
-                        help='config whose dataset section to use')
-    parser.add_argument('--dataset_path', help="override the config's path")
-    parser.add_argument('--runs', nargs=2, required=True,
-                        metavar=('BASELINE_RUN', 'NCM_RUN'),
-                        help='folders of two test runs (with predictions/)')
-    parser.add_argument('--cloud', required=True, help='test cloud name')
-    parser.add_argument('--split', default='test', help='split of the cloud')
-    parser.add_argument('--names', nargs=2, default=('baseline', 'NCM'),
-                        help='titles of the two runs')
-    parser.add_argument('--png', help='write this image instead of opening '
-                        'the visualizer')
-    parser.add_argument('--size', nargs=2, type=int, default=(480, 400),
-                        metavar=('W', 'H'), help='panel size in pixels')
-    parser.add_argument('--point-size', type=float, default=3.0)
-    parser.add_argument('--hide', nargs='*', default=None, metavar='CLASS',
-                        help='ground-truth classes left out of every view '
-                        '(default: ceiling, when the dataset has one)')
-    args = parser.parse_args(argv)
-
-    from ncm_plugin.vis.compare import load_comparison, load_dataset, show
-    try:
-        dataset, model = load_dataset(args.dataset_config, args.dataset_path)
-        comparison = load_comparison(dataset, model['ignored_label_inds'],
-                                     *args.runs, args.cloud, args.split)
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        sys.exit(f"visualize_compare: error: {error}")
-    names = set(comparison.label_to_names.values())
-    hide = [c for c in ('ceiling',) if c in names] if args.hide is None \
-        else args.hide
-    unknown = sorted(set(hide) - names)
-    if unknown:
-        sys.exit(f"visualize_compare: error: --hide {unknown}: no such class "
-                 f"(classes: {sorted(names)})")
-    comparison = comparison.without(hide)
-    if args.png:
-        from ncm_plugin.vis.render import render_comparison
-        size = render_comparison(comparison, args.png, *args.size,
-                                 args.point_size, args.names)
-        print(f"wrote {args.png} ({size[0]} x {size[1]} pixels)")
-    else:
-        show(comparison)
-
+from ncm_plugin.tools.visualize_compare import main  # noqa: E402
 
 if __name__ == '__main__':
     main()

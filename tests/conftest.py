@@ -43,7 +43,7 @@ def tiny_run_overrides(in_radius, first_subsampling_dl):
 def train_then_test(config, dataset_path, root, extra_args):
     """Train (0 epochs = one pass) then test a config through the command
     line's main, with logs, cache and test results under `root`."""
-    from ncm_plugin.runner import main
+    from ncm_plugin.tools.runner import main
     argv = ['torch', '-c', config, '--dataset_path', str(dataset_path),
             '--device', 'cpu', '--main_log_dir', str(root / 'logs'),
             '--dataset.cache_dir', str(root / 'cache'),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ncm_plugin.runner import main  # noqa: E402
+from ncm_plugin.tools.runner import main  # noqa: E402
 
 if __name__ == '__main__':
     out = Path(sys.argv[1])

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from conftest import tiny_run_overrides
-from ncm_plugin.datasets.synthetic import write_demo_s3dis
+from ncm_plugin.datasets.s3dis.synthetic import write_demo_s3dis
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from ncm_plugin.bench_convert import same_points
-from ncm_plugin.bench_scaling import linear_fit, ncm_time, synthetic_batch
+from ncm_plugin.tools.bench.convert import same_points
+from ncm_plugin.tools.bench.scaling import linear_fit, ncm_time, synthetic_batch
 
 
 def test_synthetic_batches_have_kpconv_neighbor_lists():

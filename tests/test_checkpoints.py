@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncm_plugin import checkpoints
+from ncm_plugin.training import checkpoints
 from tiny_training import start_run, write_cached_s3dis, write_tiny_config
 
 RUN = 'NCMKPFCNN_S3DIS_torch'

@@ -6,8 +6,8 @@ import sys
 import pytest
 import yaml
 
-from ncm_plugin.config_check import ConfigError, check_config
-from ncm_plugin.runner import load_config, resolve_config
+from ncm_plugin.tools.config_check import ConfigError, check_config
+from ncm_plugin.config import load_config, resolve_config
 from tiny_training import SCRIPT
 
 CONFIG = resolve_config('ncm_kpconv_s3dis.yml')

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_run_overrides
-from ncm_plugin.datasets.s3dis_convert import convert_s3dis
-from ncm_plugin.datasets.synthetic import write_demo_s3dis
-from ncm_plugin.distributed import Ranks, adopt_primary_address, rank_seed
+from ncm_plugin.datasets.s3dis.convert import convert_s3dis
+from ncm_plugin.datasets.s3dis.synthetic import write_demo_s3dis
+from ncm_plugin.training.distributed import Ranks, adopt_primary_address, rank_seed
 from tiny_training import REPO, SCRIPT
 
 RUNNER = REPO / 'tests' / 'distributed_run.py'

@@ -6,9 +6,9 @@ from open3d._ml3d.utils import Config, get_module
 from conftest import TINY_MODEL
 from tiny_training import write_cached_s3dis
 from ncm_plugin.models import NCMKPFCNN
-from ncm_plugin.pipelines import (DegenerateSpheresError,
-                                  NCMSemanticSegmentation, check_spheres)
-from ncm_plugin.samplers import SharedSpatiallyRegularSampler
+from ncm_plugin.training.pipeline import (DegenerateSpheresError,
+                                          NCMSemanticSegmentation, check_spheres)
+from ncm_plugin.training.samplers import SharedSpatiallyRegularSampler
 
 
 @pytest.fixture(scope='module')

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from open3d._ml3d.datasets import S3DIS
 
-from ncm_plugin.evaluation import labels_to_indices
-from ncm_plugin.results import (comparison, confusion_matrix, load_results,
-                                scores, write_results)
+from ncm_plugin.evaluation.recorder import labels_to_indices
+from ncm_plugin.evaluation.results import (comparison, confusion_matrix, load_results,
+                                           scores, write_results)
 
 REPO = Path(__file__).resolve().parent.parent
 S3DIS_NAMES = [S3DIS.get_label_to_names()[k] for k in range(13)]
@@ -114,8 +114,8 @@ def test_a_run_without_results_is_named_in_the_error(tmp_path):
 def test_scannet_and_semantic3d_columns_name_every_class():
     from open3d._ml3d.datasets import Semantic3D
 
-    from ncm_plugin.datasets.scannet import ScanNet20
-    from ncm_plugin.results import PAPER_CLASS_ORDER, class_names, paper_order
+    from ncm_plugin.datasets.scannet.loader import ScanNet20
+    from ncm_plugin.evaluation.results import PAPER_CLASS_ORDER, class_names, paper_order
     for dataset, benchmark in ((ScanNet20, 'ScanNet'),
                                (Semantic3D, 'Semantic3D')):
         names = class_names(dataset.get_label_to_names(), [0])

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ncm_plugin.datasets.synthetic import write_demo_s3dis
-from ncm_plugin.runner import (apply_overrides, load_config, parse_overrides,
-                               resolve_config)
+from ncm_plugin.datasets.s3dis.synthetic import write_demo_s3dis
+from ncm_plugin.config import apply_overrides, load_config, resolve_config
+from ncm_plugin.tools.runner import parse_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / 'scripts' / 'run_pipeline.py'
@@ -87,7 +87,7 @@ def test_missing_dataset_path_is_one_clear_error(tmp_path):
 
 def test_bare_config_names_are_found_in_configs():
     assert resolve_config('ncm_kpconv_s3dis.yml') == \
-        REPO / 'configs' / 'ncm_kpconv_s3dis.yml'
+        REPO / 'ncm_plugin' / 'configs' / 'ncm_kpconv_s3dis.yml'
     with pytest.raises(FileNotFoundError, match='available'):
         resolve_config('no_such_config.yml')
 

@@ -19,12 +19,12 @@ from open3d._ml3d.datasets import S3DIS
 from open3d._ml3d.datasets.utils import get_min_bbox
 from open3d._ml3d.utils import get_module
 
-from ncm_plugin.datasets import s3dis_convert
-from ncm_plugin.datasets.s3dis import RobustS3DIS
-from ncm_plugin.datasets.s3dis_convert import (convert_s3dis,
+from ncm_plugin.datasets.s3dis import convert as s3dis_convert
+from ncm_plugin.datasets.s3dis.loader import RobustS3DIS
+from ncm_plugin.datasets.s3dis.convert import (convert_s3dis,
                                                convert_s3dis_report,
                                                read_annotation)
-from ncm_plugin.datasets.synthetic import write_demo_s3dis
+from ncm_plugin.datasets.s3dis.synthetic import write_demo_s3dis
 
 S3DIS_CLASSES = ['ceiling', 'floor', 'wall', 'beam', 'column', 'window',
                  'door', 'table', 'chair', 'sofa', 'bookcase', 'board',

@@ -16,10 +16,10 @@ from open3d._ml3d.utils import get_module
 
 from conftest import tiny_run_overrides, train_then_test
 from ncm_plugin.datasets.ply import PlyError, read_element, write_ply
-from ncm_plugin.datasets.scannet import ScanNet20, label_to_nyu40, nyu40_to_label
-from ncm_plugin.datasets.scannet_convert import (ConversionError, convert_scannet,
+from ncm_plugin.datasets.scannet.loader import ScanNet20, label_to_nyu40, nyu40_to_label
+from ncm_plugin.datasets.scannet.convert import (ConversionError, convert_scannet,
                                                  load_split_lists)
-from ncm_plugin.datasets.synthetic_scannet import write_demo_scannet
+from ncm_plugin.datasets.scannet.synthetic import write_demo_scannet
 
 SCENES = {'train': ('scene0000_00', 'scene0000_01'), 'val': ('scene0011_00',),
           'test': ('scene0707_00',)}

@@ -9,8 +9,8 @@ from conftest import TINY_MODEL, tiny_scene, whole_cloud_sampler
 from ncm_plugin.losses import NCMConfig
 from ncm_plugin.models import NCMKPFCNN
 from ncm_plugin.ncm import ncm_kl
-from ncm_plugin.scene_target import (NCMConcatBatcher, layer0_radius,
-                                     scene_target)
+from ncm_plugin.scene_target import layer0_radius, scene_target
+from ncm_plugin.training.batcher import NCMConcatBatcher
 
 
 def brute_force_ncm(points, labels, num_classes, ignored, close):

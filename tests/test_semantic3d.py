@@ -14,11 +14,11 @@ import pytest
 from open3d._ml3d.utils import get_module
 
 from conftest import tiny_run_overrides, train_then_test
-from ncm_plugin.datasets import semantic3d_convert
-from ncm_plugin.datasets.semantic3d import RobustSemantic3D
-from ncm_plugin.datasets.semantic3d_convert import (ScanFiles, convert_semantic3d, read_raw_scan,
+from ncm_plugin.datasets.semantic3d import convert as semantic3d_convert
+from ncm_plugin.datasets.semantic3d.loader import RobustSemantic3D
+from ncm_plugin.datasets.semantic3d.convert import (ScanFiles, convert_semantic3d, read_raw_scan,
                                                     write_label_lines)
-from ncm_plugin.datasets.synthetic_semantic3d import SCANS, write_demo_semantic3d
+from ncm_plugin.datasets.semantic3d.synthetic import SCANS, write_demo_semantic3d
 
 TRAIN, VAL, TEST = SCANS['train'][0], SCANS['val'][0], SCANS['test'][0]
 # Just off 6 cm: no 1 mm coordinate of the files lies on a cell boundary, so the

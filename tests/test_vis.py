@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncm_plugin.datasets.synthetic import write_demo_s3dis
-from ncm_plugin.vis.compare import (load_comparison, load_dataset,
-                                    visualizer_data)
-from ncm_plugin.vis.render import image_size, panel_boxes
+from ncm_plugin.datasets.s3dis.synthetic import write_demo_s3dis
+from ncm_plugin.evaluation.vis.compare import (load_comparison, load_dataset,
+                                               visualizer_data)
+from ncm_plugin.evaluation.vis.render import image_size, panel_boxes
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = 7  # S3DIS label of 'table'

@@ -1,8 +1,8 @@
 """Synthetic datasets by name: what `make_demo_data.py --dataset` and a
 config's `dataset.demo_data: {kind: ...}` can write."""
-from .synthetic import write_demo_s3dis
-from .synthetic_scannet import write_demo_scannet
-from .synthetic_semantic3d import write_demo_semantic3d
+from .s3dis.synthetic import write_demo_s3dis
+from .scannet.synthetic import write_demo_scannet
+from .semantic3d.synthetic import write_demo_semantic3d
 
 # Each writes the dataset's raw layout (ScanNet and Semantic3D then need
 # their preprocess_*.py step; S3DIS converts on first use).

@@ -1,0 +1,592 @@
+"""NCMSemanticSegmentation: Open3D-ML's semantic-segmentation pipeline, plus
+what its own cannot do for a KPFCNN subclass.
+
+- ConcatBatcher and the 3D summary dispatch on the model *name* ("KPFCNN");
+  here they dispatch on the class, so NCMKPFCNN (or any KPFCNN subclass) works;
+  the batcher also carries scene-level NCM targets (scene_target.py).
+- The training loop logs every loss term (cross entropy, regularizer, NCM)
+  to the log file and TensorBoard.
+- It refuses to train on degenerate spheres (the stock random sampler with
+  KPFCNN silently yields 3-point spheres).
+- DataLoader workers work: forked workers, CPU collation, per-worker seeds
+  and a sampler whose state is shared (see samplers.py).
+- Distributed training under torchrun (DistributedDataParallel, nccl on
+  CUDA, gloo on the CPU; see distributed.py for the sampling design).
+- Crash-safe checkpoints (checkpoints.py) and a resume that continues the
+  schedule: model, optimizer, scheduler, epoch, random states, best mIoU.
+- SIGINT/SIGTERM stop at the next step with a checkpoint (interrupts.py).
+- Optional mixed precision on CUDA (precision.py).
+- Testing saves every cloud's prediction and ends with results.json/.md/.csv
+  (see evaluation.py).
+"""
+import contextlib
+import json
+import logging
+import math
+import random
+from collections import defaultdict
+from datetime import datetime
+from itertools import islice
+from os.path import isabs, join
+from pathlib import Path
+
+import numpy as np
+import torch
+from open3d._ml3d.torch.dataloaders import get_sampler
+from open3d._ml3d.torch.models.kpconv import KPFCNN
+from open3d._ml3d.torch.modules.losses import SemSegLoss
+from open3d._ml3d.torch.modules.metrics import SemSegMetric
+from open3d._ml3d.torch.pipelines import SemanticSegmentation
+from open3d._ml3d.utils import PIPELINE, get_runid
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from . import checkpoints, distributed
+from ..evaluation.recorder import TestRecorder
+from .interrupts import StopRequest
+from .options import PipelineOptions
+from .precision import MixedPrecision
+from .samplers import (WORKER_START_METHOD, CloudAwareDataloader,
+                       SharedSpatiallyRegularSampler, seed_worker)
+from .batcher import NCMConcatBatcher
+
+log = logging.getLogger(__name__)
+
+# A training sphere must hold at least this fraction of the points its radius
+# implies (a disc of radius in_radius sampled every first_subsampling_dl).
+MIN_SPHERE_FRACTION = 0.05
+BEST_METRIC = 'validation mIoU'
+
+
+class DegenerateSpheresError(RuntimeError):
+    """Training spheres hold far fewer points than their radius implies."""
+
+
+def expected_sphere_points(model_cfg):
+    """Points a sphere should hold: one flat surface through its centre,
+    grid-subsampled, capped by the model's point limits."""
+    disc = math.pi * (model_cfg.in_radius / model_cfg.first_subsampling_dl)**2
+    return min(disc, model_cfg.max_in_points, model_cfg.batch_limit)
+
+
+def check_spheres(lengths, model_cfg, sampler_name):
+    """Raise DegenerateSpheresError when the mean sphere is far too small."""
+    expected = expected_sphere_points(model_cfg)
+    mean = float(np.mean(lengths))
+    if mean < MIN_SPHERE_FRACTION * expected:
+        raise DegenerateSpheresError(
+            f"training spheres hold {mean:.0f} points on average (sizes "
+            f"{list(map(int, lengths))}), but a sphere of radius "
+            f"model.in_radius={model_cfg.in_radius} at "
+            f"first_subsampling_dl={model_cfg.first_subsampling_dl} should hold "
+            f"about {expected:.0f}. The sampler '{sampler_name}' does not give "
+            f"KPFCNN real spheres: set dataset.sampler.name to "
+            f"SharedSpatiallyRegularSampler (or SemSegSpatiallyRegularSampler).")
+    log.info("Training spheres: %.0f points on average (%s)", mean,
+             list(map(int, lengths)))
+
+
+@contextlib.contextmanager
+def stock_model_name(model):
+    """Let Open3D-ML code that dispatches on the model name see 'KPFCNN'."""
+    name = model.cfg['name']
+    if isinstance(model, KPFCNN):
+        model.cfg['name'] = 'KPFCNN'
+    try:
+        yield
+    finally:
+        model.cfg['name'] = name
+
+
+class _NoWriter:
+    """The TensorBoard writer of ranks other than 0: writes nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class NCMSemanticSegmentation(SemanticSegmentation):
+    """SemanticSegmentation for NCMKPFCNN and other KPFCNN subclasses.
+
+    Extra pipeline settings: see `PipelineOptions` (num_workers, pin_memory,
+    test_after_train, keep_checkpoints, amp, sync_batchnorm,
+    find_unused_parameters); grad_clip_norm via model.grad_clip_norm as stock.
+
+    Under torchrun (WORLD_SIZE > 1) the pipeline joins the process group
+    itself: Open3D-ML's BasePipeline refuses distributed SemanticSegmentation
+    and distributed CPU runs, so it is told `distributed=False` and this
+    class keeps its own `ranks`/`distributed`. Each rank trains on
+    steps_per_epoch / world_size spheres of an epoch, with its own seed;
+    metrics and losses are reduced over all ranks; only rank 0 writes logs,
+    TensorBoard, checkpoints and test results.
+    """
+
+    def __init__(self, model, dataset=None, name='NCMSemanticSegmentation',
+                 **kwargs):
+        self.options = PipelineOptions.from_dict(kwargs)
+        self.ranks = distributed.Ranks.from_env()
+        super().__init__(model, dataset=dataset, name=name, distributed=False,
+                         rank=self.ranks.rank, **kwargs)
+        self.distributed = self.ranks.distributed
+        self._owns_process_group = False
+        if self.distributed:
+            if self.options.sync_batchnorm and self.device.type != 'cuda':
+                raise ValueError(
+                    "pipeline.sync_batchnorm needs --device cuda: torch's "
+                    "SyncBatchNorm has no CPU implementation (set it to false "
+                    "for gloo/CPU runs)")
+            self.device = distributed.device_for(self.ranks, self.device)
+            self._owns_process_group = distributed.init_process_group(
+                self.ranks, self.device)
+        elif self.options.sync_batchnorm:
+            log.info("pipeline.sync_batchnorm has no effect in a single "
+                     "process")
+        self.best = None
+        self.stop = StopRequest()
+
+    # -- dispatch on the class, not the name ------------------------------
+    def get_batcher(self, device, split='training'):
+        if isinstance(self.model, KPFCNN):
+            return NCMConcatBatcher(device)
+        return super().get_batcher(device, split)
+
+    def get_3d_summary(self, results, input_data, epoch, save_gt=True):
+        with stock_model_name(self.model):
+            return super().get_3d_summary(results, input_data, epoch, save_gt)
+
+    # -- data -------------------------------------------------------------
+    def _loader(self, split, batch_size, steps_key):
+        """DataLoader over a split; workers (if any) collate on the CPU.
+
+        Distributed: this rank's share of the epoch's spheres."""
+        model, dataset = self.model, self.dataset
+        num_workers = self.options.num_workers
+        split_data = dataset.get_split(split)
+        sampler = split_data.sampler
+        if num_workers > 0 and not isinstance(sampler,
+                                              SharedSpatiallyRegularSampler):
+            raise ValueError(
+                f"pipeline.num_workers={num_workers} needs "
+                f"dataset.sampler.name: SharedSpatiallyRegularSampler (got "
+                f"{type(sampler).__name__}, whose state workers cannot share)")
+        torch_split = CloudAwareDataloader(
+            dataset=split_data, preprocess=model.preprocess,
+            transform=model.transform, sampler=sampler,
+            use_cache=dataset.cfg.use_cache,
+            steps_per_epoch=distributed.steps_per_rank(
+                dataset.cfg.get(steps_key, None), self.ranks.world_size))
+        batcher = self.get_batcher(
+            torch.device('cpu') if num_workers > 0 else self.device)
+        loader = DataLoader(
+            torch_split, batch_size=batch_size, sampler=get_sampler(sampler),
+            num_workers=num_workers,
+            multiprocessing_context=WORKER_START_METHOD if num_workers else None,
+            worker_init_fn=seed_worker if num_workers else None,
+            pin_memory=self.options.pin_memory and self.device.type == 'cuda',
+            collate_fn=batcher.collate_fn)
+        return loader, sampler
+
+    # -- training ---------------------------------------------------------
+    def _seed_everything(self):
+        """torch, numpy and random seeded from the run's seed and the rank:
+        reproducible, and a different sphere sequence on every rank."""
+        seed = int(self.rng.integers(np.iinfo(np.int32).max))
+        seed = distributed.rank_seed(seed, self.ranks.rank)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def _stop_requested(self):
+        """SIGINT/SIGTERM on any rank; every rank gets the same answer, so
+        they stop at the same step (a rank that stopped alone would leave the
+        others waiting in DDP's all-reduce)."""
+        if self.distributed:
+            return distributed.any_rank(self.stop.requested, self.device)
+        return self.stop.requested
+
+    def _train_step(self, loss):
+        clip = self.model.cfg.get('grad_clip_norm', -1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward_and_step(loss, self.optimizer,
+                                         self.model.parameters(), clip)
+
+    def _run_epoch(self, loader, sampler, loss_fn, train, epoch, skip=0):
+        """One pass over a loader, less its first `skip` batches.
+
+        Returns ({term: mean over steps and ranks}, batches done): fewer than
+        len(loader) when a stop was requested (SIGINT/SIGTERM).
+        """
+        model, metric = self.model, (self.metric_train
+                                     if train else self.metric_val)
+        forward = self.train_model if train else model
+        model.train(train)
+        model.trans_point_sampler = sampler.get_point_sampler()
+        terms, totals = defaultdict(list), []
+        stage = 'train' if train else 'valid'
+        done, todo = skip, len(loader) - skip
+        with torch.set_grad_enabled(train):
+            for inputs in tqdm(islice(loader, todo), total=todo,
+                               desc='training' if train else 'validation',
+                               disable=not self.ranks.primary):
+                batch = inputs['data']
+                batch.to(self.device)
+                if train and not self._spheres_checked:
+                    check_spheres(batch.lengths[0].cpu().numpy(), model.cfg,
+                                  type(sampler).__name__)
+                    self._spheres_checked = True
+                with self.precision.autocast():
+                    results = forward(batch)
+                    loss, gt_labels, predict_scores = model.get_loss(
+                        loss_fn, results, inputs, self.device)
+                if predict_scores.shape[0] == 0:
+                    # No labelled point: a zero loss keeps every rank's
+                    # backward (and DDP's all-reduce) in step.
+                    loss = results.sum() * 0.0
+                if train:
+                    self._train_step(loss)
+                metric.update(predict_scores, gt_labels)
+                totals.append(loss.item())
+                for key, value in getattr(model, 'loss_terms', {}).items():
+                    terms[key].append(value)
+                if done == skip and self.ranks.primary and \
+                        stage in self.cfg.get('summary').get('record_for', []):
+                    self.summary[stage] = self.get_3d_summary(
+                        results, batch, epoch)
+                done += 1
+                if self._stop_requested():
+                    break
+        self._reduce_metric(metric, stage)
+        means = self._mean_over_ranks({'loss': totals, **terms})
+        if train:
+            self.losses = [means.pop('loss')]
+        else:
+            self.valid_losses = [means.pop('loss')]
+        return means, done
+
+    def _reduce_metric(self, metric, stage):
+        """Sum the confusion matrices of all ranks into `metric`; keep this
+        rank's own in `local_confusion[stage]`."""
+        num_classes = self.model.cfg.num_classes
+        local = metric.confusion_matrix
+        if local is None:
+            local = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.local_confusion[stage] = np.array(local, dtype=np.int64)
+        if self.distributed:
+            metric.confusion_matrix = distributed.all_reduce_sum(
+                self.local_confusion[stage], self.device)
+            metric.num_classes = num_classes
+
+    def _mean_over_ranks(self, values):
+        """{key: list of floats} -> {key: mean over all ranks' values}."""
+        keys = sorted(values)
+        sums = np.array([[np.sum(values[k]), len(values[k])] for k in keys],
+                        dtype=np.float64).reshape(-1, 2)
+        if self.distributed:
+            sums = distributed.all_reduce_sum(sums, self.device)
+        return {k: float(s / n) if n else float('nan')
+                for k, (s, n) in zip(keys, sums)}
+
+    def _update_best(self, epoch):
+        """Track the best validation mIoU seen so far (saved, resumed)."""
+        ious = self.metric_val.iou()
+        if ious is None or np.isnan(ious[-1]):
+            return
+        value = float(ious[-1])
+        if self.best is None or value > self.best['value']:
+            self.best = {'metric': BEST_METRIC, 'value': value,
+                         'epoch': epoch}
+            log.info("New best %s: %.4f at epoch %d", BEST_METRIC, value,
+                     epoch)
+
+    def _log_confusion(self, epoch):
+        matrix = self.metric_val.confusion_matrix
+        if matrix is None:
+            return
+        log.info("Validation confusion matrix, epoch %d (rows: label, "
+                 "columns: prediction; summed over %d rank(s)): %s", epoch,
+                 self.ranks.world_size, json.dumps(np.asarray(matrix).tolist()))
+
+    def _open_logs(self):
+        """Rank 0: the log file and a TensorBoard writer; others: no-ops."""
+        if not self.ranks.primary:
+            return None, _NoWriter()
+        timestamp = datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
+        log_file_path = join(self.cfg.logs_dir, 'log_train_' + timestamp +
+                             '.txt')
+        log.info("DEVICE : %s", self.device)
+        log.info("Logging in file : %s", log_file_path)
+        handler = logging.FileHandler(log_file_path)
+        logging.getLogger().addHandler(handler)
+        writer = SummaryWriter(self._tensorboard_dir())
+        self.save_config(writer)
+        log.info("Writing summary in %s.", self.tensorboard_dir)
+        return handler, writer
+
+    def _prepare_model(self):
+        """Device, SyncBatchNorm, optimizer; the DDP wrapper comes after the
+        checkpoint is loaded into the bare model."""
+        model = self.model
+        model.device = self.device
+        model.to(self.device)
+        if self.distributed and self.options.sync_batchnorm:
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            log.info("Batch norm synchronised over %d ranks (SyncBatchNorm)",
+                     self.ranks.world_size)
+        self.optimizer, self.scheduler = model.get_optimizer(self.cfg)
+        self.precision = MixedPrecision(self.options.amp, self.device)
+
+    def _wrap_model(self):
+        """DDP for the forward pass of training; `get_loss`, `preprocess`,
+        `transform` and the state dict stay on the bare model."""
+        if not self.distributed:
+            return self.model
+        return torch.nn.parallel.DistributedDataParallel(
+            self.model,
+            device_ids=[self.device.index] if self.device.type == 'cuda'
+            else None,
+            find_unused_parameters=self.options.find_unused_parameters)
+
+    def run_train(self):
+        """Train (and validate every epoch) as Open3D-ML does, logging each
+        loss term, resuming from the newest readable checkpoint and stopping
+        cleanly on SIGINT/SIGTERM."""
+        self._seed_everything()
+        cfg = self.cfg
+        self._prepare_model()
+        handler, writer = self._open_logs()
+        try:
+            self.loss = SemSegLoss(self, self.model, self.dataset, self.device)
+            self.metric_train, self.metric_val = SemSegMetric(), SemSegMetric()
+            self.local_confusion = {}
+            train_loader, train_sampler = self._loader(
+                'train', cfg.batch_size, 'steps_per_epoch_train')
+            valid_loader, valid_sampler = self._loader(
+                'validation', cfg.val_batch_size, 'steps_per_epoch_valid')
+            first_epoch, skip = self._resume()
+            self.train_model = self._wrap_model()
+            self._spheres_checked = False
+            with self.stop.installed():
+                self._train_epochs(first_epoch, skip, writer, train_loader,
+                                   train_sampler, valid_loader, valid_sampler)
+            writer.close()
+            if (self.options.test_after_train and not self.stop.requested
+                    and self.ranks.primary):
+                self.run_test()
+        finally:
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+            if self._owns_process_group:
+                distributed.shutdown()
+                self._owns_process_group = False
+
+    def _train_epochs(self, first_epoch, skip, writer, train_loader,
+                      train_sampler, valid_loader, valid_sampler):
+        cfg = self.cfg
+        if first_epoch > cfg.max_epoch:
+            log.info("Training already finished: the checkpoint is of epoch "
+                     "%d, pipeline.max_epoch is %d", first_epoch - 1,
+                     cfg.max_epoch)
+            return
+        log.info("Started training")
+        for epoch in range(first_epoch, cfg.max_epoch + 1):
+            log.info(f'=== EPOCH {epoch:d}/{cfg.max_epoch:d} ===')
+            self.metric_train.reset()
+            self.metric_val.reset()
+            train_terms, done = self._run_epoch(
+                train_loader, train_sampler, self.loss, True, epoch,
+                skip=skip if epoch == first_epoch else 0)
+            if done < len(train_loader):
+                self.save_ckpt(epoch, steps_done=done)
+                log.info("Stopped at batch %d of %d of epoch %d", done,
+                         len(train_loader), epoch)
+                return
+            self.scheduler.step()
+            if self.distributed:
+                # Every rank validates (and rank 0 saves) rank 0's batch-norm
+                # running statistics.
+                distributed.broadcast_buffers(self.model)
+            valid_terms, validated = self._run_epoch(
+                valid_loader, valid_sampler, self.loss, False, epoch)
+            if validated < len(valid_loader):
+                # Stopped during validation: the epoch's training is done and
+                # saved; its partial metrics are neither logged nor ranked.
+                self.save_ckpt(epoch)
+                log.info("Stopped during the validation of epoch %d", epoch)
+                return
+            self._update_best(epoch)
+            if self.ranks.primary:
+                self.save_logs(writer, epoch)
+                self.log_loss_terms(writer, epoch, train_terms, valid_terms)
+                self._log_confusion(epoch)
+            stopping = self._stop_requested()
+            if (epoch % cfg.save_ckpt_freq == 0 or epoch == cfg.max_epoch
+                    or stopping):
+                self.save_ckpt(epoch)
+            if stopping:
+                log.info("Stopped after epoch %d", epoch)
+                return
+
+    def _tensorboard_dir(self):
+        """TensorBoard folder; a relative train_sum_dir lives in main_log_dir."""
+        root = self.cfg.train_sum_dir
+        if not isabs(root):
+            root = join(self.cfg.main_log_dir, root)
+        name = (f"{type(self.model).__name__}_{self.dataset.name}_torch")
+        runid = get_runid(join(root, name))
+        self.tensorboard_dir = join(root, f"{runid}_{name}")
+        return self.tensorboard_dir
+
+    @staticmethod
+    def log_loss_terms(writer, epoch, train_terms, valid_terms):
+        """Each loss term: one log line and one TensorBoard scalar a stage."""
+        for stage, terms in (('Training', train_terms),
+                             ('Validation', valid_terms)):
+            for key, value in terms.items():
+                writer.add_scalar(f"{stage} loss/{key}", value, epoch)
+            if terms:
+                log.info("%s loss terms: %s", stage, "  ".join(
+                    f"{k} {v:.4f}" for k, v in terms.items()))
+
+    # -- checkpoints --------------------------------------------------------
+    def checkpoint_dir(self):
+        return Path(self.cfg.logs_dir) / 'checkpoint'
+
+    def save_ckpt(self, epoch, steps_done=None):
+        """Checkpoint of `epoch` (every rank calls it: the random states of
+        all ranks are gathered; rank 0 writes).
+
+        steps_done: batches of `epoch` done, for a checkpoint written by a
+        stop in the middle of the epoch.
+        """
+        states = checkpoints.random_state()
+        states = (distributed.gather_objects(states) if self.distributed
+                  else [states])
+        if not self.ranks.primary:
+            return
+        content = dict(
+            format=checkpoints.CHECKPOINT_FORMAT, epoch=epoch,
+            model_state_dict=self.model.state_dict(),
+            optimizer_state_dict=self.optimizer.state_dict(),
+            scheduler_state_dict=self.scheduler.state_dict(),
+            random_states=states, best=self.best,
+            world_size=self.ranks.world_size)
+        if steps_done is not None:
+            content['steps_done'] = steps_done
+        scaler = self.precision.state_dict()
+        if scaler is not None:
+            content['scaler_state_dict'] = scaler
+        folder = self.checkpoint_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / checkpoints.checkpoint_name(epoch)
+        checkpoints.write_atomic(content, path)
+        removed = checkpoints.prune(folder, self.options.keep_checkpoints)
+        log.info("Epoch %3d: checkpoint saved to %s%s", epoch, path,
+                 f" (removed {', '.join(p.name for p in removed)})"
+                 if removed else '')
+
+    def read_checkpoint(self, ckpt_path=None, is_resume=True):
+        """(path, checkpoint) to start from, or (None, None).
+
+        An explicit ckpt_path must load. Otherwise the newest readable
+        checkpoint of this run's folder, unless is_resume is false (Open3D-ML's
+        `model.is_resume`)."""
+        if ckpt_path is not None:
+            if not Path(ckpt_path).exists():
+                raise FileNotFoundError(f"checkpoint {ckpt_path} (model."
+                                        f"ckpt_path) not found")
+            return Path(ckpt_path), checkpoints.load(ckpt_path)
+        if not is_resume:
+            return None, None
+        folder = self.checkpoint_dir()
+        if self.ranks.primary and folder.is_dir():
+            checkpoints.remove_stale_temporaries(folder)
+        return checkpoints.load_latest_readable(folder)
+
+    def load_ckpt(self, ckpt_path=None, is_resume=True):
+        """Open3D-ML's load_ckpt (model, and optimizer and scheduler when the
+        pipeline has them), skipping unreadable checkpoints. Returns the
+        checkpoint dict or None."""
+        path, ckpt = self.read_checkpoint(ckpt_path, is_resume)
+        if ckpt is None:
+            log.info('Initializing from scratch.')
+            return None
+        log.info('Loading checkpoint %s', path)
+        self._load_states(ckpt)
+        return ckpt
+
+    def _load_states(self, ckpt):
+        self.model.load_state_dict(ckpt['model_state_dict'])
+        if 'optimizer_state_dict' in ckpt and hasattr(self, 'optimizer'):
+            self.optimizer.load_state_dict(ckpt['optimizer_state_dict'])
+        if 'scheduler_state_dict' in ckpt and hasattr(self, 'scheduler'):
+            self.scheduler.load_state_dict(ckpt['scheduler_state_dict'])
+
+    def _resume(self):
+        """Load the checkpoint to continue from; (first epoch, batches of it
+        already done). Rank 0 reads it and sends it to the other ranks."""
+        path, ckpt = None, None
+        if self.ranks.primary:
+            path, ckpt = self.read_checkpoint(
+                self.model.cfg.ckpt_path,
+                self.model.cfg.get('is_resume', True))
+        if self.distributed:
+            path, ckpt = distributed.broadcast_object((path, ckpt))
+        if ckpt is None:
+            log.info('Initializing from scratch.')
+            return 0, 0
+        self._load_states(ckpt)
+        self.precision.load_state_dict(ckpt.get('scaler_state_dict'))
+        self.best = ckpt.get('best')
+        states = ckpt.get('random_states')
+        if states is not None and len(states) == self.ranks.world_size:
+            checkpoints.set_random_state(states[self.ranks.rank])
+        elif states is not None:
+            log.warning("%s was written by %d rank(s), this run has %d: the "
+                        "random generators are seeded afresh", path,
+                        len(states), self.ranks.world_size)
+        epoch, steps_done = int(ckpt.get('epoch', -1)), ckpt.get('steps_done')
+        if steps_done is None:
+            first, skip = epoch + 1, 0
+            log.info('Loading checkpoint %s: epoch %d done; resuming at '
+                     'epoch %d', path, epoch, first)
+        else:
+            first, skip = epoch, int(steps_done)
+            log.info('Loading checkpoint %s: %d batch(es) of epoch %d done; '
+                     'resuming there', path, skip, epoch)
+        return first, skip
+
+    # -- testing ----------------------------------------------------------
+    def run_test(self):
+        """Stock test loop; every finished cloud's prediction is saved and the
+        run ends with results.json/.md/.csv in the log folder.
+
+        Under torchrun only rank 0 tests (the test sampler sweeps every
+        point of every cloud, which cannot be split between ranks)."""
+        if not self.ranks.primary:
+            log.info("Rank %d: testing is done by rank 0", self.ranks.rank)
+            return
+        self._test_recorder = TestRecorder(self.dataset, self.model.cfg,
+                                           self.cfg.logs_dir)
+        try:
+            super().run_test()
+        except TypeError:
+            # The stock loop ends by logging metrics that do not exist when no
+            # test cloud has labels (ScanNet and Semantic3D test sets): after
+            # the predictions are saved it raises TypeError; absorbed here
+            # only in that case.
+            if self.metric_test.confusion_matrix is not None:
+                raise
+        self.test_results = self._test_recorder.write()
+
+    def update_tests(self, sampler, inputs, results):
+        """Stock bookkeeping; a cloud the stock loop just finished goes to
+        the recorder (which ignores the repeats the stock loop produces)."""
+        super().update_tests(sampler, inputs, results)
+        if self.complete_infer and getattr(self, '_test_recorder', None):
+            self._test_recorder.add(self.dataset_split, self.curr_cloud_id,
+                                    self.ori_test_labels[-1])
+
+
+PIPELINE._register_module(NCMSemanticSegmentation, 'torch')

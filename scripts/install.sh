@@ -21,10 +21,12 @@ done
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 if command -v apt-get >/dev/null; then
-  # libusb/libgl/libgomp: import open3d; libvulkan1 + mesa: headless rendering.
+  # libusb/libgl/libgomp: import open3d; libvulkan1 + mesa: headless rendering;
+  # xvfb + x11-apps (xwd): the comparison window opened and captured in tests.
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-    libusb-1.0-0 libgl1 libgomp1 libvulkan1 mesa-vulkan-drivers >/dev/null
+    libusb-1.0-0 libgl1 libgomp1 libvulkan1 mesa-vulkan-drivers \
+    xvfb x11-apps >/dev/null
 else
   echo "install.sh: no apt-get; install libusb-1.0, libGL, libgomp yourself" >&2
 fi

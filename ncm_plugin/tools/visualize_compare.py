@@ -4,9 +4,11 @@
         --dataset_path /data/S3DIS --runs logs/kpconv_deform_s3dis \
         logs/ncm_kpconv_s3dis --cloud Area_5_office_1 [--png OUT.png]
 
-Without --png it opens Open3D-ML's visualizer (a display is needed) with the
-attributes colors (input), ground truth, baseline, NCM and improvement, each
-label attribute with the dataset's LabelLUT. With --png it renders, headless,
+Without --png it opens a window (a display is needed) on the cloud with the
+views input, ground truth, baseline, NCM and improvement, each label view in
+the dataset's LabelLUT colours with its legend; F flips between baseline and
+NCM (see evaluation/vis/window.py for why this is not Open3D-ML's own
+Visualizer, which crashes on Open3D 0.20). With --png it renders, headless,
 input / ground truth / baseline / NCM side by side from one camera, the
 improvement view and the legends into one image.
 """
@@ -27,16 +29,25 @@ def main(argv=None):
     parser.add_argument('--names', nargs=2, default=('baseline', 'NCM'),
                         help='titles of the two runs')
     parser.add_argument('--png', help='write this image instead of opening '
-                        'the visualizer')
+                        'the window')
     parser.add_argument('--size', nargs=2, type=int, default=(480, 400),
-                        metavar=('W', 'H'), help='panel size in pixels')
+                        metavar=('W', 'H'), help='--png: panel size in pixels')
+    parser.add_argument('--window-size', nargs=2, type=int,
+                        default=(1280, 800), metavar=('W', 'H'),
+                        help='size of the window in pixels')
+    parser.add_argument('--commands-from-stdin', action='store_true',
+                        help='also take commands from standard input, one a '
+                        'line: show VIEW, flip, save PATH, quit')
     parser.add_argument('--point-size', type=float, default=3.0)
     parser.add_argument('--hide', nargs='*', default=None, metavar='CLASS',
                         help='ground-truth classes left out of every view '
                         '(default: ceiling, when the dataset has one)')
     args = parser.parse_args(argv)
+    if args.names[0] == args.names[1]:
+        parser.error(f"--names: the two runs need different titles, got "
+                     f"{args.names[0]!r} twice")
 
-    from ..evaluation.vis.compare import load_comparison, load_dataset, show
+    from ..evaluation.vis.compare import load_comparison, load_dataset
     try:
         dataset, model = load_dataset(args.dataset_config, args.dataset_path)
         comparison = load_comparison(dataset, model['ignored_label_inds'],
@@ -57,7 +68,15 @@ def main(argv=None):
                                  args.point_size, args.names)
         print(f"wrote {args.png} ({size[0]} x {size[1]} pixels)")
     else:
-        show(comparison)
+        from ..evaluation.vis.window import ComparisonWindow, has_display
+        if not has_display():
+            sys.exit("visualize_compare: error: no display (DISPLAY is not "
+                     "set): use --png OUT.png to render without one")
+        window = ComparisonWindow(comparison, args.names, *args.window_size,
+                                  args.point_size)
+        if args.commands_from_stdin:
+            window.listen(sys.stdin)
+        window.run()
 
 
 if __name__ == '__main__':

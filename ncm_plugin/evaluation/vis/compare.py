@@ -125,26 +125,45 @@ def improvement_lut():
     return lut
 
 
-def visualizer_data(comparison):
-    """The cloud as Open3D-ML's Visualizer takes it, and the LUT of every
-    label attribute."""
-    data = {'name': comparison.name, 'points': comparison.points,
-            'colors': (comparison.colors * 255).astype(np.float32),
-            'ground truth': comparison.truth.astype(np.int32),
-            'baseline': comparison.baseline.astype(np.int32),
-            'NCM': comparison.ncm.astype(np.int32),
-            'improvement': comparison.improvement().astype(np.int32)}
-    classes = class_lut(comparison.label_to_names)
-    luts = {'ground truth': classes, 'baseline': classes, 'NCM': classes,
-            'improvement': improvement_lut()}
-    return data, luts
+def label_colours(labels, lut):
+    """[N] label values -> [N, 3] colours (0..1) of a LabelLUT; grey for a
+    value the LUT does not know."""
+    values = sorted(lut.labels)
+    table = np.array([lut.labels[v].color for v in values], dtype=np.float64)
+    index = np.searchsorted(values, labels)
+    index = np.clip(index, 0, len(values) - 1)
+    known = np.asarray(values)[index] == labels
+    return np.where(known[:, None], table[index], 0.5)
 
 
-def show(comparison, width=1280, height=768):
-    """Open Open3D-ML's visualizer on the comparison (needs a display)."""
-    from open3d.ml.vis import Visualizer
-    data, luts = visualizer_data(comparison)
-    vis = Visualizer()
-    for attr, lut in luts.items():
-        vis.set_lut(attr, lut)
-    vis.visualize([data], width=width, height=height)
+def view_names(names=('baseline', 'NCM')):
+    """The views of a comparison, in order; `names` title the two runs."""
+    return ('input', 'ground truth', *names, 'improvement')
+
+
+def view_colours(comparison, names=('baseline', 'NCM')):
+    """{view: colours [N, 3] in 0..1}: the input colours, then ground truth,
+    both runs' predictions in the dataset's LabelLUT colours, and the
+    improvement attribute in IMPROVEMENT's colours."""
+    lut = class_lut(comparison.label_to_names)
+    colours = (comparison.colors,
+               label_colours(comparison.truth, lut),
+               label_colours(comparison.baseline, lut),
+               label_colours(comparison.ncm, lut),
+               label_colours(comparison.improvement(), improvement_lut()))
+    return dict(zip(view_names(names), colours))
+
+
+def view_legend(comparison, view):
+    """[(name, colour)] of what `view` shows: the classes present in the
+    ground truth or either prediction for a label view, the improvement
+    values for the improvement view, nothing for the input colours."""
+    if view == 'input':
+        return []
+    if view == 'improvement':
+        return list(IMPROVEMENT.values())
+    lut = class_lut(comparison.label_to_names)
+    present = set(np.unique(np.concatenate(
+        [comparison.truth, comparison.baseline, comparison.ncm])).tolist())
+    return [(label.name, tuple(label.color)) for value, label in
+            sorted(lut.labels.items()) if value in present]

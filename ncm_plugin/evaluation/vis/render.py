@@ -9,7 +9,7 @@ exact pixels (`panel_boxes` says where each one is).
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .compare import IMPROVEMENT, class_lut
+from .compare import IMPROVEMENT, view_colours, view_legend
 
 TITLE_HEIGHT = 40
 BACKGROUND = (255, 255, 255)
@@ -74,16 +74,6 @@ def render_panels(points, colour_sets, width, height, point_size=3.0,
     return images
 
 
-def label_colours(labels, lut):
-    """[N] label values -> [N, 3] colours of a LabelLUT."""
-    values = sorted(lut.labels)
-    table = np.array([lut.labels[v].color for v in values], dtype=np.float64)
-    index = np.searchsorted(values, labels)
-    index = np.clip(index, 0, len(values) - 1)
-    known = np.asarray(values)[index] == labels
-    return np.where(known[:, None], table[index], 0.5)
-
-
 def _font(size):
     from matplotlib import font_manager
     return ImageFont.truetype(font_manager.findfont('DejaVu Sans'), size)
@@ -133,14 +123,7 @@ def compose(images, titles, width, height, class_entries, caption=''):
 def render_comparison(comparison, path, width=480, height=400, point_size=3.0,
                       names=('baseline', 'NCM')):
     """Write the PNG of a Comparison; returns its (width, height)."""
-    lut = class_lut(comparison.label_to_names)
-    colour_sets = [comparison.colors,
-                   label_colours(comparison.truth, lut),
-                   label_colours(comparison.baseline, lut),
-                   label_colours(comparison.ncm, lut),
-                   np.array([IMPROVEMENT[v][1]
-                             for v in range(len(IMPROVEMENT))])[
-                                 comparison.improvement()]]
+    colour_sets = list(view_colours(comparison, names).values())
     images = render_panels(comparison.points, colour_sets, width, height,
                            point_size)
     valid = ~np.isin(comparison.truth, comparison.ignored_label_inds)
@@ -151,10 +134,7 @@ def render_comparison(comparison, path, width=480, height=400, point_size=3.0,
               f'{names[0]} ({accuracy[0]:.1f} % right)',
               f'{names[1]} ({accuracy[1]:.1f} % right)',
               'improvement: NCM vs baseline']
-    present = set(np.unique(np.concatenate(
-        [comparison.truth, comparison.baseline, comparison.ncm])).tolist())
-    entries = [(label.name, label.color) for value, label in
-               sorted(lut.labels.items()) if value in present]
+    entries = view_legend(comparison, 'ground truth')
     counts = np.bincount(comparison.improvement(), minlength=len(IMPROVEMENT))
     caption = (f"{comparison.name}: {len(comparison.points)} points; NCM "
                f"right where the baseline is wrong: {counts[1]}, the "

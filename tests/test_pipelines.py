@@ -1,4 +1,5 @@
-"""NCMSemanticSegmentation: dispatch, sphere check, workers, loss-term logs."""
+"""NCMSemanticSegmentation: dispatch, sphere check, loss-term logs (workers:
+test_samplers.py)."""
 import pytest
 from open3d._ml3d.datasets import S3DIS
 from open3d._ml3d.utils import Config, get_module
@@ -8,7 +9,6 @@ from tiny_training import write_cached_s3dis
 from ncm_plugin.models import NCMKPFCNN
 from ncm_plugin.training.pipeline import (DegenerateSpheresError,
                                           NCMSemanticSegmentation, check_spheres)
-from ncm_plugin.training.samplers import SharedSpatiallyRegularSampler
 
 
 @pytest.fixture(scope='module')
@@ -49,26 +49,6 @@ def test_degenerate_spheres_are_refused():
     with pytest.raises(DegenerateSpheresError, match='SemSegRandomSampler'):
         check_spheres([3, 3, 3], cfg, 'SemSegRandomSampler')
     check_spheres([6000, 9000, 400], cfg, 'SharedSpatiallyRegularSampler')
-
-
-@pytest.mark.parametrize('num_workers', [0, 2])
-def test_sampler_state_is_shared_with_workers(cached_s3dis, tmp_path,
-                                              num_workers):
-    pipeline = make_pipeline(cached_s3dis, tmp_path, num_workers=num_workers)
-    loader, sampler = pipeline._loader('train', 2, 'steps_per_epoch_train')
-    assert isinstance(sampler, SharedSpatiallyRegularSampler)
-    before = [p.copy() for p in sampler.possibilities]
-    pipeline.model.trans_point_sampler = sampler.get_point_sampler()
-    sizes = [b['data'].lengths[0].tolist() for b in loader]
-    assert len(sizes) == 3 and all(min(s) > 50 for s in sizes)
-    # The main process sees what the workers sampled: 6 spheres' worth of
-    # possibility, spread over several clouds.
-    touched = [int((p > b).sum()) for p, b in zip(sampler.possibilities,
-                                                  before)]
-    assert sum(touched) > 6 * 50
-    assert sum(t > 0 for t in touched) >= 2
-    assert min(sampler.min_possibilities) == pytest.approx(
-        min(float(p.min()) for p in sampler.possibilities))
 
 
 def test_training_logs_every_loss_term(cached_s3dis, tmp_path, caplog):

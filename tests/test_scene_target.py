@@ -102,7 +102,7 @@ def test_scene_target_travels_with_the_scene_into_the_batch():
                                 model.ncm_loss.cfg)
         np.testing.assert_array_equal(data['ncm_target'], expected)
         assert expected.sum() == pytest.approx(1.0)
-    batch = NCMConcatBatcher('cpu').collate_fn([i for _, i in items])['data']
+    batch = NCMConcatBatcher().collate_fn([i for _, i in items])['data']
     assert batch.ncm_target.shape == (2, 3, 3)
     for k, (data, _) in enumerate(items):
         np.testing.assert_array_equal(batch.ncm_target[k].numpy(),
@@ -117,7 +117,7 @@ def test_scene_loss_uses_the_carried_target():
     torch.manual_seed(0)
     model = scene_model()
     items = transformed_items(model, [tiny_scene(2, 1500), tiny_scene(3, 900)])
-    batch = NCMConcatBatcher('cpu').collate_fn([i for _, i in items])['data']
+    batch = NCMConcatBatcher().collate_fn([i for _, i in items])['data']
     logits = torch.randn(len(batch.labels), 3)
     loss = model.ncm_loss(logits, batch.labels, batch)
     from ncm_plugin.losses import class_indices

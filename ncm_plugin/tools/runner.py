@@ -21,10 +21,12 @@ import argparse
 import logging
 import os
 import pprint
+import random
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from ..config import SECTIONS, apply_overrides, load_config, resolve_config
@@ -111,6 +113,11 @@ def build(cfg, seed=0):
     import ncm_plugin  # noqa: F401  (fills the registries)
     from open3d._ml3d.utils import get_module
     rng = np.random.default_rng(seed)
+    # The model's initial weights (torch) and KPConv's kernel points (numpy)
+    # come from the global generators: seeded, a run is repeatable.
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
     Dataset = get_module('dataset', cfg['dataset']['name'])
     Model = get_module('model', cfg['model']['name'], 'torch')
     Pipeline = get_module('pipeline', cfg['pipeline']['name'], 'torch')

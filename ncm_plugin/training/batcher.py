@@ -1,19 +1,93 @@
-"""The batcher that carries scene targets (`model.ncm.target: scene`) from
-the items to the batch; see scene_target.py for how they are made."""
+"""The batcher of KPFCNN batches: collated on the CPU (in a worker, or in the
+main process with no worker), pinned by the DataLoader on CUDA, copied to the
+device by the training loop without blocking; it also carries the
+scene-level NCM targets (`model.ncm.target: scene`, see scene_target.py)."""
+import contextlib
+
 import numpy as np
 import torch
 from open3d._ml3d.torch.dataloaders import ConcatBatcher
+from open3d._ml3d.torch.dataloaders.concat_batcher import KPConvBatch
+
+from .samplers import batch_seed, seeded
+
+# Tensor-valued attributes of a KPConvBatch: lists of tensors, then tensors.
+LIST_FIELDS = ('points', 'neighbors', 'pools', 'upsamples', 'lengths')
+TENSOR_FIELDS = ('features', 'labels', 'scales', 'rots', 'frame_inds',
+                 'frame_centers', 'ncm_target')
+
+
+class HostKPConvBatch(KPConvBatch):
+    """KPConvBatch that the DataLoader can pin (`pin_memory`) and that moves
+    every tensor it holds, the scene targets included, with `non_blocking`.
+    (The stock `to` blocks, and forgets `ncm_target`.)"""
+
+    def _apply(self, function):
+        for name in LIST_FIELDS:
+            setattr(self, name, [function(t) for t in getattr(self, name)])
+        for name in TENSOR_FIELDS:
+            value = getattr(self, name, None)
+            if value is not None:
+                setattr(self, name, function(value))
+        return self
+
+    def pin_memory(self):
+        return self._apply(lambda tensor: tensor.pin_memory())
+
+    def to(self, device, non_blocking=False):
+        return self._apply(
+            lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+
+def sort_rows(neighbors):
+    """[N, K] neighbor lists with each row in ascending order (the shadow
+    index, the largest, last)."""
+    return torch.sort(neighbors, dim=1).values
+
+
+def nearest_first(upsamples, queries, supports):
+    """upsamples [N, K] (indices into supports [M, 3], shadow M) ordered by
+    distance to their query point (queries [N, 3]), ties by index.
+
+    KPConv's nearest upsampling takes the first neighbor as the nearest (its
+    `closest_pool` says so); Open3D's radius search returns them in hash-grid
+    order, so the stock batcher upsamples from an arbitrary point within the
+    radius, differently from run to run."""
+    ordered = sort_rows(upsamples)
+    padded = torch.cat([supports, supports.new_full((1, 3), float('inf'))])
+    distance2 = torch.sum(torch.square(padded[ordered] - queries[:, None]), -1)
+    order = torch.sort(distance2, dim=1, stable=True).indices
+    return torch.gather(ordered, 1, order)
 
 
 class NCMConcatBatcher(ConcatBatcher):
-    """Open3D-ML's ConcatBatcher for KPFCNN that also carries the scene
-    targets: `batch.ncm_target [B, C, C]` (CPU) when the items have them."""
+    """Open3D-ML's ConcatBatcher for KPFCNN, always on the CPU, whose batches
+    are HostKPConvBatch and carry `ncm_target [B, C, C]` when the items have
+    scene targets.
 
-    def __init__(self, device):
-        super().__init__(device, 'KPFCNN')
+    Upsampling lists are always ordered nearest first (`nearest_first`).
+    sort_neighbors: Open3D's multi-threaded radius search returns each
+    point's neighbors in an order that varies from run to run; KPConv's sums
+    over them then differ in the last bits. Sorted, two runs give the same
+    weights (pipeline.deterministic), for the price of one sort a layer in
+    the batcher."""
+
+    def __init__(self, sort_neighbors=False):
+        super().__init__(torch.device('cpu'), 'KPFCNN')
+        self.sort_neighbors = sort_neighbors
 
     def collate_fn(self, batches):
-        out = super().collate_fn(batches)
+        seed = batch_seed(batches)
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            out = super().collate_fn(batches)
+        batch = out['data']
+        batch.__class__ = HostKPConvBatch
+        batch.upsamples = [
+            nearest_first(up, batch.points[layer], batch.points[layer + 1])
+            if up.shape[0] else up for layer, up in enumerate(batch.upsamples)]
+        if self.sort_neighbors:
+            batch.neighbors = [sort_rows(n) for n in batch.neighbors]
+            batch.pools = [sort_rows(n) for n in batch.pools]
         targets = [t for item in batches
                    for t in item['data'].get('ncm_target_list', ())]
         if targets:

@@ -161,9 +161,11 @@ def load_latest_readable(folder):
 
 
 # -- random generators --------------------------------------------------------
-def random_state():
+def random_state(device=None):
     """This process's generator states, as tensors and plain numbers (so a
-    weights_only load accepts them)."""
+    weights_only load accepts them); on CUDA the state of this rank's own
+    device only (a resumed rank may see fewer devices than the one that
+    saved)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     state = {
@@ -174,13 +176,14 @@ def random_state():
         'python': {'version': version, 'internal': list(internal),
                    'gauss_next': gauss_next},
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_random_state(state):
-    """Restore what `random_state()` captured."""
+def set_random_state(state, device=None):
+    """Restore what `random_state()` captured (the CUDA state onto this
+    rank's `device`)."""
     torch.set_rng_state(state['torch'])
     numpy = state['numpy']
     np.random.set_state((numpy['name'],
@@ -190,5 +193,6 @@ def set_random_state(state):
     python = state['python']
     random.setstate((python['version'], tuple(python['internal']),
                      python['gauss_next']))
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if 'cuda' in state and device is not None and \
+            torch.device(device).type == 'cuda':
+        torch.cuda.set_rng_state(state['cuda'], device)

@@ -55,3 +55,40 @@ class StopRequest:
         finally:
             for sig in SIGNALS:
                 signal.signal(sig, self._previous[sig])
+
+
+# Test hook: NCM_TEST_SIGNAL_AT_STEP=WHAT:EPOCH:STEP makes the run send itself
+# SIGKILL (KILL), SIGTERM (TERM) or stop responding (HANG) right after
+# training step STEP of epoch EPOCH, so that tests aim at a chosen step
+# rather than at a wall-clock moment.
+STEP_HOOK_ENV = 'NCM_TEST_SIGNAL_AT_STEP'
+HOOK_ACTIONS = ('KILL', 'TERM', 'HANG')
+
+
+class StepHook:
+    """The NCM_TEST_SIGNAL_AT_STEP hook; does nothing when the variable is
+    not set."""
+
+    def __init__(self, environ=None):
+        import os
+        value = (os.environ if environ is None else environ).get(STEP_HOOK_ENV)
+        self.action = None
+        if value:
+            action, epoch, step = value.split(':')
+            if action not in HOOK_ACTIONS:
+                raise ValueError(f"{STEP_HOOK_ENV}={value}: the action is one "
+                                 f"of {HOOK_ACTIONS}")
+            self.action, self.at = action, (int(epoch), int(step))
+
+    def after_step(self, epoch, step):
+        if self.action is None or (epoch, step) != self.at:
+            return
+        import os
+        import time
+        log.warning("%s: %s after step %d of epoch %d", STEP_HOOK_ENV,
+                    self.action, step, epoch)
+        if self.action == 'HANG':
+            while True:
+                time.sleep(60)
+        os.kill(os.getpid(), signal.SIGKILL if self.action == 'KILL'
+                else signal.SIGTERM)

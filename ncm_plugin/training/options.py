@@ -45,6 +45,14 @@ class PipelineOptions:
         blocks included, gives every trainable parameter a gradient in every
         step, so the default False is right and saves a graph traversal a step;
         set it for a custom architecture that DDP reports unused parameters for.
+    step_timeout: seconds without a finished training or validation step
+        after which the run stops with every thread's stack and exit code 124
+        (watchdog.py); also the DataLoader's timeout for a batch from a
+        worker. 0 turns the watchdog off.
+    deterministic: torch.use_deterministic_algorithms for the run (and, on
+        CUDA, cuDNN's deterministic kernels). Sphere choices and their
+        augmentation are seeded per sphere either way, so on the CPU two runs
+        of one config and seed give the same weights, with or without workers.
     """
     num_workers: int = 0
     pin_memory: bool = True
@@ -53,6 +61,8 @@ class PipelineOptions:
     amp: bool = False
     sync_batchnorm: bool = False
     find_unused_parameters: bool = False
+    step_timeout: float = 1800.0
+    deterministic: bool = False
 
     @classmethod
     def from_dict(cls, section, where='pipeline'):
@@ -88,16 +98,20 @@ class PipelineOptions:
             if value is None and optional:
                 values[key] = None
                 continue
+            accepted = (int, float) if expected is float else expected
             if (isinstance(value, bool) and expected is not bool) or \
-                    not isinstance(value, expected):
+                    not isinstance(value, accepted):
                 raise TypeError(f"{where}.{key} must be "
                                 f"{'an int or null' if optional else f'a {expected.__name__}'}"
                                 f", got {value!r}")
-            values[key] = value
+            values[key] = float(value) if expected is float else value
         options = cls(**values)
         if options.num_workers < 0:
             raise ValueError(f"{where}.num_workers must be >= 0, got "
                              f"{options.num_workers}")
+        if options.step_timeout < 0:
+            raise ValueError(f"{where}.step_timeout must be >= 0 seconds (0: "
+                             f"no watchdog), got {options.step_timeout}")
         if options.keep_checkpoints is not None and options.keep_checkpoints < 1:
             raise ValueError(f"{where}.keep_checkpoints must be >= 1 or null "
                              f"(keep all), got {options.keep_checkpoints}")

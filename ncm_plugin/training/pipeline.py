@@ -8,12 +8,16 @@ what its own cannot do for a KPFCNN subclass.
   to the log file and TensorBoard.
 - It refuses to train on degenerate spheres (the stock random sampler with
   KPFCNN silently yields 3-point spheres).
-- DataLoader workers work: forked workers, CPU collation, per-worker seeds
-  and a sampler whose state is shared (see samplers.py).
+- DataLoader workers work and never hang: sphere choices made in order in
+  the main process, items seeded per sphere, workers started once per run
+  from a fork server, collation on the CPU, pinned copies on CUDA (see
+  samplers.py and batcher.py); a watchdog turns a stuck step into an error
+  (watchdog.py).
 - Distributed training under torchrun (DistributedDataParallel, nccl on
   CUDA, gloo on the CPU; see distributed.py for the sampling design).
-- Crash-safe checkpoints (checkpoints.py) and a resume that continues the
-  schedule: model, optimizer, scheduler, epoch, random states, best mIoU.
+- Crash-safe checkpoints (checkpoints.py) and an exact resume: model,
+  optimizer, scheduler, epoch, random states, best mIoU and the samplers'
+  coverage.
 - SIGINT/SIGTERM stop at the next step with a checkpoint (interrupts.py).
 - Optional mixed precision on CUDA (precision.py).
 - Testing saves every cloud's prediction and ends with results.json/.md/.csv
@@ -23,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 from collections import defaultdict
 from datetime import datetime
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open3d._ml3d.torch.dataloaders import get_sampler
+from open3d._ml3d.torch.dataloaders import TorchDataloader, get_sampler
 from open3d._ml3d.torch.models.kpconv import KPFCNN
 from open3d._ml3d.torch.modules.losses import SemSegLoss
 from open3d._ml3d.torch.modules.metrics import SemSegMetric
@@ -44,12 +49,13 @@ from tqdm import tqdm
 
 from . import checkpoints, distributed
 from ..evaluation.recorder import TestRecorder
-from .interrupts import StopRequest
+from .interrupts import StepHook, StopRequest
 from .options import PipelineOptions
 from .precision import MixedPrecision
-from .samplers import (WORKER_START_METHOD, CloudAwareDataloader,
-                       SharedSpatiallyRegularSampler, seed_worker)
 from .batcher import NCMConcatBatcher
+from .samplers import (SharedSpatiallyRegularSampler, SphereDataset,
+                       SphereRequests, worker_context, worker_init)
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,14 @@ BEST_METRIC = 'validation mIoU'
 
 class DegenerateSpheresError(RuntimeError):
     """Training spheres hold far fewer points than their radius implies."""
+
+
+def sphere_budget(model_cfg):
+    """(radius, min points, max points) of a KPFCNN training sphere, as its
+    transform reads them."""
+    max_points = min(model_cfg.batch_limit, model_cfg.max_in_points)
+    min_points = min(model_cfg.get('min_in_points', 3), model_cfg.max_in_points)
+    return model_cfg.in_radius, min_points, max_points
 
 
 def expected_sphere_points(model_cfg):
@@ -85,6 +99,17 @@ def check_spheres(lengths, model_cfg, sampler_name):
             f"SharedSpatiallyRegularSampler (or SemSegSpatiallyRegularSampler).")
     log.info("Training spheres: %.0f points on average (%s)", mean,
              list(map(int, lengths)))
+
+
+def make_deterministic(device):
+    """Deterministic kernels where torch has them (pipeline.deterministic)."""
+    if device.type == 'cuda':
+        # cuBLAS needs a fixed workspace for reproducible matrix products.
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+    log.info("Deterministic algorithms on (pipeline.deterministic)")
 
 
 @contextlib.contextmanager
@@ -144,11 +169,19 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                      "process")
         self.best = None
         self.stop = StopRequest()
+        # The run's seed on this rank: global generators, sphere choices and
+        # per-sphere augmentation derive from it.
+        self.seed = distributed.rank_seed(
+            int(self.rng.integers(np.iinfo(np.int32).max)), self.ranks.rank)
+        self.watchdog = Watchdog(self.options.step_timeout)
+        self.step_hook = StepHook()
 
     # -- dispatch on the class, not the name ------------------------------
     def get_batcher(self, device, split='training'):
+        """KPFCNN batches are collated on the CPU whatever `device`; the loops
+        copy them to the device."""
         if isinstance(self.model, KPFCNN):
-            return NCMConcatBatcher(device)
+            return NCMConcatBatcher(sort_neighbors=self.options.deterministic)
         return super().get_batcher(device, split)
 
     def get_3d_summary(self, results, input_data, epoch, save_gt=True):
@@ -157,42 +190,49 @@ class NCMSemanticSegmentation(SemanticSegmentation):
 
     # -- data -------------------------------------------------------------
     def _loader(self, split, batch_size, steps_key):
-        """DataLoader over a split; workers (if any) collate on the CPU.
+        """DataLoader over a split; batches collated on the CPU, by workers
+        (if any) that start once per run.
 
         Distributed: this rank's share of the epoch's spheres."""
         model, dataset = self.model, self.dataset
         num_workers = self.options.num_workers
         split_data = dataset.get_split(split)
         sampler = split_data.sampler
-        if num_workers > 0 and not isinstance(sampler,
-                                              SharedSpatiallyRegularSampler):
-            raise ValueError(
-                f"pipeline.num_workers={num_workers} needs "
-                f"dataset.sampler.name: SharedSpatiallyRegularSampler (got "
-                f"{type(sampler).__name__}, whose state workers cannot share)")
-        torch_split = CloudAwareDataloader(
-            dataset=split_data, preprocess=model.preprocess,
-            transform=model.transform, sampler=sampler,
+        common = dict(
+            dataset=split_data, preprocess=model.preprocess, sampler=sampler,
             use_cache=dataset.cfg.use_cache,
             steps_per_epoch=distributed.steps_per_rank(
                 dataset.cfg.get(steps_key, None), self.ranks.world_size))
-        batcher = self.get_batcher(
-            torch.device('cpu') if num_workers > 0 else self.device)
+        if isinstance(sampler, SharedSpatiallyRegularSampler):
+            torch_split = SphereDataset(model=model, **common)
+            sampler.configure(*sphere_budget(model.cfg), seed=self.seed)
+            requests = SphereRequests(sampler, len(torch_split))
+        elif num_workers > 0:
+            raise ValueError(
+                f"pipeline.num_workers={num_workers} needs "
+                f"dataset.sampler.name: SharedSpatiallyRegularSampler (got "
+                f"{type(sampler).__name__}, which chooses spheres where they "
+                f"are loaded)")
+        else:
+            torch_split = TorchDataloader(transform=model.transform, **common)
+            requests = get_sampler(sampler)
+        workers = {}
+        if num_workers > 0:
+            workers = dict(num_workers=num_workers, persistent_workers=True,
+                           multiprocessing_context=worker_context(),
+                           worker_init_fn=worker_init,
+                           timeout=self.options.step_timeout)
         loader = DataLoader(
-            torch_split, batch_size=batch_size, sampler=get_sampler(sampler),
-            num_workers=num_workers,
-            multiprocessing_context=WORKER_START_METHOD if num_workers else None,
-            worker_init_fn=seed_worker if num_workers else None,
+            torch_split, batch_size=batch_size, sampler=requests,
             pin_memory=self.options.pin_memory and self.device.type == 'cuda',
-            collate_fn=batcher.collate_fn)
+            collate_fn=self.get_batcher(self.device).collate_fn, **workers)
         return loader, sampler
 
     # -- training ---------------------------------------------------------
     def _seed_everything(self):
         """torch, numpy and random seeded from the run's seed and the rank:
         reproducible, and a different sphere sequence on every rank."""
-        seed = int(self.rng.integers(np.iinfo(np.int32).max))
-        seed = distributed.rank_seed(seed, self.ranks.rank)
+        seed = self.seed
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
@@ -221,16 +261,24 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                                      if train else self.metric_val)
         forward = self.train_model if train else model
         model.train(train)
-        model.trans_point_sampler = sampler.get_point_sampler()
+        if isinstance(sampler, SharedSpatiallyRegularSampler):
+            sampler.start_epoch(epoch)
+            if train:
+                # A stop in this epoch saves this, and the resume replays it.
+                self._epoch_start_sampler = sampler.state_dict()
+            loader.sampler.skip(skip * loader.batch_size)
+        else:
+            model.trans_point_sampler = sampler.get_point_sampler()
         terms, totals = defaultdict(list), []
         stage = 'train' if train else 'valid'
+        phase = 'training' if train else 'validation'
         done, todo = skip, len(loader) - skip
+        self.watchdog.beat(epoch, done, phase)
         with torch.set_grad_enabled(train):
-            for inputs in tqdm(islice(loader, todo), total=todo,
-                               desc='training' if train else 'validation',
+            for inputs in tqdm(islice(loader, todo), total=todo, desc=phase,
                                disable=not self.ranks.primary):
                 batch = inputs['data']
-                batch.to(self.device)
+                batch.to(self.device, non_blocking=True)
                 if train and not self._spheres_checked:
                     check_spheres(batch.lengths[0].cpu().numpy(), model.cfg,
                                   type(sampler).__name__)
@@ -254,6 +302,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                     self.summary[stage] = self.get_3d_summary(
                         results, batch, epoch)
                 done += 1
+                self.watchdog.beat(epoch, done, phase)
+                if train:
+                    self.step_hook.after_step(epoch, done)
                 if self._stop_requested():
                     break
         self._reduce_metric(metric, stage)
@@ -352,6 +403,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         loss term, resuming from the newest readable checkpoint and stopping
         cleanly on SIGINT/SIGTERM."""
         self._seed_everything()
+        if self.options.deterministic:
+            make_deterministic(self.device)
         cfg = self.cfg
         self._prepare_model()
         handler, writer = self._open_logs()
@@ -363,10 +416,11 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 'train', cfg.batch_size, 'steps_per_epoch_train')
             valid_loader, valid_sampler = self._loader(
                 'validation', cfg.val_batch_size, 'steps_per_epoch_valid')
+            self._samplers = {'train': train_sampler, 'valid': valid_sampler}
             first_epoch, skip = self._resume()
             self.train_model = self._wrap_model()
             self._spheres_checked = False
-            with self.stop.installed():
+            with self.stop.installed(), self.watchdog:
                 self._train_epochs(first_epoch, skip, writer, train_loader,
                                    train_sampler, valid_loader, valid_sampler)
             writer.close()
@@ -460,7 +514,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         steps_done: batches of `epoch` done, for a checkpoint written by a
         stop in the middle of the epoch.
         """
-        states = checkpoints.random_state()
+        states = {**checkpoints.random_state(self.device),
+                  'samplers': self._sampler_states(steps_done is not None)}
         states = (distributed.gather_objects(states) if self.distributed
                   else [states])
         if not self.ranks.primary:
@@ -485,6 +540,18 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         log.info("Epoch %3d: checkpoint saved to %s%s", epoch, path,
                  f" (removed {', '.join(p.name for p in removed)})"
                  if removed else '')
+
+    def _sampler_states(self, mid_epoch):
+        """{split: coverage state} of this rank's samplers; in the middle of
+        an epoch the training one as the epoch began (the resume replays
+        the epoch's draws up to where it stopped)."""
+        states = {}
+        for split, sampler in self._samplers.items():
+            if isinstance(sampler, SharedSpatiallyRegularSampler):
+                states[split] = (self._epoch_start_sampler
+                                 if mid_epoch and split == 'train'
+                                 else sampler.state_dict())
+        return states
 
     def read_checkpoint(self, ckpt_path=None, is_resume=True):
         """(path, checkpoint) to start from, or (None, None).
@@ -541,7 +608,10 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         self.best = ckpt.get('best')
         states = ckpt.get('random_states')
         if states is not None and len(states) == self.ranks.world_size:
-            checkpoints.set_random_state(states[self.ranks.rank])
+            checkpoints.set_random_state(states[self.ranks.rank], self.device)
+            for split, state in states[self.ranks.rank].get(
+                    'samplers', {}).items():
+                self._samplers[split].load_state_dict(state)
         elif states is not None:
             log.warning("%s was written by %d rank(s), this run has %d: the "
                         "random generators are seeded afresh", path,

@@ -1,99 +1,329 @@
-"""A spatially regular sampler whose state survives DataLoader workers.
+"""Spatially regular sphere sampling whose decisions do not depend on which
+DataLoader worker runs first.
 
-Open3D-ML's SemSegSpatiallyRegularSampler keeps its sampling state (the
-per-point "possibilities", each cloud's minimum and the current `cloud_id`)
-in plain Python attributes. With `num_workers > 0` every worker updates its
-own copy: the main process then never sees a cloud being covered and keeps
-choosing the same one, and the workers read a stale `cloud_id`. Here the
-state lives in shared memory and the process that loads an item chooses its
-cloud (the least covered one, as the stock sampler) and its sphere centre
-under a lock, as KPConv's own loader does; the indices the main process
-prefetches for the workers would otherwise all name the same cloud.
+Open3D-ML's SemSegSpatiallyRegularSampler chooses a sphere where the item is
+loaded: the cloud of least coverage ("possibility"), the least covered point
+of it as the centre, then it raises the coverage of the points around it.
+With workers each one updates its own copy of that state, or (with shared
+memory and a lock) the order in which workers load decides the spheres.
+
+Here the choice and the coverage update are made in the main process, in
+order, when the DataLoader draws an index (`SphereRequests`): an index is a
+`SphereRequest` (cloud, centre points, seed), and the worker only does the
+heavy per-sphere work (crop, augmentation, the batcher's subsampling and
+neighbor lists) for it (`RequestedSphere`, `SphereDataset`). The coverage is
+a plain object (`Coverage`) a checkpoint can hold, the augmentation of a
+sphere is seeded from (run seed, epoch, sphere number) and nothing a worker
+needs is a closure, so workers start with forkserver, once per run.
 """
-import multiprocessing
+import copy
+import copyreg
+import random
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from open3d._ml3d.datasets.samplers import SemSegSpatiallyRegularSampler
 from open3d._ml3d.torch.dataloaders import TorchDataloader
-from open3d._ml3d.utils import SAMPLER
+from open3d._ml3d.utils import SAMPLER, Config
 
-# Workers are forked: the samplers' point-sampling closures cannot be pickled
-# (so 'spawn' and 'forkserver' fail) and fork shares the state below for free.
-WORKER_START_METHOD = 'fork'
+# Workers are started by a single-threaded server process, never forked from
+# the training process (which runs TensorBoard's, gloo's and OpenMP's threads:
+# a fork can copy a lock another thread holds, and the child hangs for ever).
+WORKER_START_METHOD = 'forkserver'
+# Modules the fork server imports once, so that each worker starts at once.
+WORKER_PRELOAD = ['ncm_plugin']
 # Splits the stock sampler draws from at random (the others are swept in order).
 TRAINING_SPLITS = ('train', 'validation', 'valid', 'training')
 
 
+class SphereRequest(NamedTuple):
+    """One sphere to load: cloud index of the split, the point indices of its
+    centres (one, unless a sphere held fewer than the model's
+    `min_in_points`) and the seed of its augmentation."""
+    cloud: int
+    centres: tuple
+    seed: int
+
+
+class Coverage:
+    """How well every point of every cloud of a split has been covered by
+    spheres (Open3D-ML's "possibilities"): [N_c] float64 per cloud, and the
+    minimum of each cloud."""
+
+    def __init__(self, possibilities):
+        self.possibilities = [np.asarray(p, dtype=np.float64)
+                              for p in possibilities]
+        self.minimum = np.array([p.min() for p in self.possibilities])
+
+    def least_covered_cloud(self):
+        return int(np.argmin(self.minimum))
+
+    def least_covered_point(self, cloud):
+        return int(np.argmin(self.possibilities[cloud]))
+
+    def cover(self, cloud, indices, distances2):
+        """Raise the coverage of `indices` by (1 - d^2 / max d^2)^2, as the
+        stock sampler does (the centre most, the sphere's edge not at all)."""
+        delta = np.square(1 - distances2 / np.max(distances2))
+        self.possibilities[cloud][indices] += delta
+        self.minimum[cloud] = self.possibilities[cloud].min()
+
+    def bump(self, cloud, index):
+        """A centre whose sphere is empty: try another next time."""
+        self.possibilities[cloud][index] += 0.001
+        self.minimum[cloud] = self.possibilities[cloud].min()
+
+    def state_dict(self):
+        return {'possibilities': [torch.from_numpy(p.copy())
+                                  for p in self.possibilities]}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        return cls([p.numpy().copy() for p in state['possibilities']])
+
+
+def sphere_seed(seed, epoch, number):
+    """Seed of sphere `number` of `epoch`: the same whichever process loads
+    it."""
+    return int(np.random.SeedSequence([seed, epoch, number]).generate_state(1)[0])
+
+
+def batch_seed(items):
+    """Seed of a batch of SphereDataset items (None for other items)."""
+    seeds = [item['attr'].get('sphere_seed') for item in items]
+    if not seeds or None in seeds:
+        return None
+    return int(np.random.SeedSequence(seeds).generate_state(1)[0])
+
+
+@contextmanager
+def seeded(seed):
+    """numpy's, random's and torch's global generators seeded for one item,
+    and given back as they were (the stock transform draws from the global
+    numpy generator)."""
+    states = np.random.get_state(), random.getstate(), torch.get_rng_state()
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(states[0])
+        random.setstate(states[1])
+        torch.set_rng_state(states[2])
+
+
 class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
-    """SemSegSpatiallyRegularSampler with its state in shared memory."""
+    """SemSegSpatiallyRegularSampler whose training/validation spheres are
+    chosen in the main process by `next_request` (the name is kept for the
+    configs that name it). The test split is swept as by the stock sampler.
+    """
 
     def initialize_with_dataloader(self, dataloader):
         super().initialize_with_dataloader(dataloader)
-        sizes = [len(p) for p in self.possibilities]
-        flat = torch.from_numpy(np.concatenate(self.possibilities))
-        self._shared = (flat.share_memory_(),
-                        torch.tensor(self.min_possibilities,
-                                     dtype=torch.float64).share_memory_())
-        # numpy views on the shared tensors: the stock code indexes them.
-        self.possibilities = np.split(self._shared[0].numpy(),
-                                      np.cumsum(sizes)[:-1])
-        self.min_possibilities = self._shared[1].numpy()
-        self._lock = multiprocessing.get_context(WORKER_START_METHOD).Lock()
+        self.coverage = Coverage(self.possibilities)
+        self._loader = dataloader
+        self._clouds = {}
+        self.seed, self.epoch, self.drawn = 0, 0, 0
+        self.sphere = None
 
-    def choose_cloud(self):
-        """The least covered cloud, read at the moment an item is loaded."""
-        with self._lock:
-            return int(np.argmin(self.min_possibilities))
+    def configure(self, radius, min_points, max_points, seed):
+        """The model's sphere radius and point budget (KPFCNN: in_radius,
+        min_in_points, min(batch_limit, max_in_points)) and the run's seed."""
+        self.sphere = (float(radius), int(min_points), int(max_points))
+        self.seed = int(seed)
+
+    def start_epoch(self, epoch):
+        self.epoch, self.drawn = int(epoch), 0
+
+    def _cloud(self, cloud):
+        """(points [N, 3], search tree) of a preprocessed cloud, kept."""
+        if cloud not in self._clouds:
+            attr = self.dataset.get_attr(cloud)
+            if self._loader.cache_convert:
+                data = self._loader.cache_convert(attr['name'])
+            else:
+                data = self._loader.preprocess(self.dataset.get_data(cloud),
+                                               attr)
+            self._clouds[cloud] = (data['point'], data['search_tree'])
+        return self._clouds[cloud]
+
+    def next_request(self):
+        """The next sphere, chosen as the stock sampler and KPFCNN's transform
+        do together: least covered cloud, its least covered point as centre,
+        more centres while the sphere holds fewer than min_points."""
+        if self.sphere is None:
+            raise RuntimeError("SharedSpatiallyRegularSampler.configure() was "
+                               "not called")
+        radius, min_points, max_points = self.sphere
+        cloud = self.coverage.least_covered_cloud()
+        points, tree = self._cloud(cloud)
+        centres, taken = [], 0
+        while taken < min_points:
+            centre = self.coverage.least_covered_point(cloud)
+            indices = tree.query_radius(points[centre:centre + 1], r=radius)[0]
+            if len(indices) < 2:
+                self.coverage.bump(cloud, centre)
+                continue
+            distances2 = np.sum(np.square(
+                (points[indices] - points[centre]).astype(np.float32)), axis=1)
+            self.coverage.cover(cloud, indices, distances2)
+            centres.append(centre)
+            taken += min(len(indices), max_points - taken)
+        request = SphereRequest(cloud, tuple(centres),
+                                sphere_seed(self.seed, self.epoch, self.drawn))
+        self.drawn += 1
+        return request
+
+    def state_dict(self):
+        return {'coverage': self.coverage.state_dict()}
+
+    def load_state_dict(self, state):
+        self.coverage = Coverage.from_state_dict(state['coverage'])
 
     def get_point_sampler(self):
-        sample = super().get_point_sampler()
-        lock = self._lock
-
-        def locked_sample(**kwargs):
-            with lock:
-                return sample(**kwargs)
-
-        return locked_sample
+        """The test split's sampler; training and validation go through
+        SphereRequests and RequestedSphere instead."""
+        if self.split in TRAINING_SPLITS:
+            raise RuntimeError("training spheres are chosen by SphereRequests")
+        return super().get_point_sampler()
 
 
-class CloudAwareDataloader(TorchDataloader):
-    """TorchDataloader that sets the sampler's cloud where the item is loaded.
+class SphereRequests(torch.utils.data.Sampler):
+    """The DataLoader's sampler: `length` SphereRequests an epoch, drawn in
+    order in the main process; `skip(n)` draws the next epoch's first n and
+    drops them (a resumed epoch replays the sampler to where it stopped)."""
 
-    The stock point sampler reads `sampler.cloud_id`, which the cloud sampler
-    sets in the main process; a worker must set it itself before sampling.
-    With a SharedSpatiallyRegularSampler the cloud is chosen here, from the
-    shared state, rather than taken from the prefetched index.
-    """
+    def __init__(self, sampler, length):
+        self.sampler, self.length, self._skip = sampler, int(length), 0
 
-    def __init__(self, *args, sampler=None, **kwargs):
-        super().__init__(*args, sampler=sampler, **kwargs)
-        self.sampler = sampler
+    def __len__(self):
+        return self.length
 
-    def __getitem__(self, index):
-        if isinstance(self.sampler, SharedSpatiallyRegularSampler) and \
-                self.sampler.split in TRAINING_SPLITS:
-            index = self.sampler.choose_cloud()
-        if self.sampler is not None:
-            self.sampler.cloud_id = index % len(self.dataset)
-        return super().__getitem__(index)
+    def skip(self, count):
+        self._skip = int(count)
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        for number in range(self.length):
+            request = self.sampler.next_request()
+            if number >= skip:
+                yield request
 
 
-def seed_worker(worker_id):
-    """Give numpy and random a distinct seed in every worker, and leave
-    Ctrl-C to the main process.
+class RequestedSphere:
+    """KPFCNN's `trans_point_sampler` for one SphereRequest: returns the
+    sphere around each requested centre in turn (points in a seeded random
+    order, as the stock sampler shuffles them)."""
 
-    (Open3D-ML's own worker_init_fn overflows on numpy 2.) A terminal sends
-    SIGINT to the whole process group: a worker that died of it would make
-    the main process fail with "DataLoader worker exited unexpectedly"
-    instead of stopping at the next step and saving a checkpoint.
-    """
-    import random
+    def __init__(self):
+        self.centres, self.rng = [], None
+
+    def start(self, request):
+        self.centres = list(request.centres)
+        self.rng = np.random.default_rng(request.seed)
+
+    def __call__(self, pc=None, search_tree=None, radius=None, **unused):
+        if not self.centres:
+            raise RuntimeError("the transform asked for more spheres than the "
+                               "main process chose")
+        if radius is None or search_tree is None:
+            raise KeyError("RequestedSphere needs pc, search_tree and radius")
+        centre = pc[self.centres.pop(0)].reshape(1, -1)
+        indices = search_tree.query_radius(centre, r=radius)[0]
+        self.rng.shuffle(indices)
+        return pc[indices], indices, centre
+
+
+class SphereTransform:
+    """The model's transform for a requested sphere (picklable: a worker
+    gets the model and this object once, when it starts)."""
+
+    def __init__(self, model):
+        self.model, self.sphere = model, RequestedSphere()
+
+    def __call__(self, data, attr):
+        self.model.trans_point_sampler = self.sphere
+        return self.model.transform(data, attr)
+
+
+def data_model(model):
+    """A shallow copy of `model` without parameters, buffers, weighted
+    submodules or tensors: what a worker needs to run the model's preprocess and transform
+    (its cfg and methods), cheap to send to it and never on a GPU."""
+    bare = type(model).__new__(type(model))
+    bare.__dict__.update({key: value for key, value in model.__dict__.items()
+                          if not isinstance(value, torch.Tensor)})
+    # Submodules without weights (the NCM loss and its settings) stay.
+    bare.__dict__.update(_parameters={}, _buffers={}, _modules={
+        name: module for name, module in model._modules.items()
+        if module is not None and next(module.parameters(), None) is None
+        and next(module.buffers(), None) is None})
+    bare.__dict__.pop('trans_point_sampler', None)
+    return bare
+
+
+class SphereDataset(TorchDataloader):
+    """TorchDataloader whose index is a SphereRequest: the item is the
+    requested sphere of the requested cloud, its random draws seeded by the
+    request. A worker receives it with a parameter-free copy of the model."""
+
+    def __init__(self, *args, model=None, **kwargs):
+        self.sphere_transform = SphereTransform(model)
+        super().__init__(*args, transform=self.sphere_transform, **kwargs)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        bare = data_model(self.sphere_transform.model)
+        state['sphere_transform'] = state['transform'] = SphereTransform(bare)
+        if state.get('preprocess') is not None:
+            state['preprocess'] = bare.preprocess
+        if state.get('cache_convert') is not None:
+            state['cache_convert'] = copy.copy(state['cache_convert'])
+            state['cache_convert'].func = bare.preprocess
+        return state
+
+    def __getitem__(self, request):
+        if not isinstance(request, SphereRequest):
+            raise TypeError(f"SphereDataset takes SphereRequests, got "
+                            f"{type(request).__name__}")
+        self.sphere_transform.sphere.start(request)
+        with seeded(request.seed):
+            item = super().__getitem__(request.cloud)
+        # The batcher seeds its own random draws (KPConv's randomly oriented
+        # pooling grids) from the seeds of the batch's spheres.
+        item['attr'] = {**item['attr'], 'sphere_seed': request.seed}
+        return item
+
+
+def worker_init(worker_id):
+    """Leave Ctrl-C to the main process: a terminal sends SIGINT to the whole
+    process group, and a worker that died of it would make the main process
+    fail with "DataLoader worker exited unexpectedly" instead of stopping at
+    the next step and saving a checkpoint. (Open3D-ML's own worker_init_fn
+    overflows on numpy 2; items are seeded by their request instead.)"""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+
+
+def _reduce_config(config):
+    return Config, (config._cfg_dict.to_dict(),)
+
+
+# Open3D-ML's Config cannot be unpickled (its __setstate__ reads an attribute
+# it has not set yet, through __getattr__, recursing until the stack is
+# full), and every dataset and model holds one: pickle it as its dict.
+copyreg.pickle(Config, _reduce_config)
+
+
+def worker_context():
+    """The multiprocessing context DataLoader workers start from."""
+    import multiprocessing
+    context = multiprocessing.get_context(WORKER_START_METHOD)
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
 
 
 SAMPLER._register_module(SharedSpatiallyRegularSampler)

@@ -1,0 +1,64 @@
+"""A hang becomes an error: when no training or validation step finishes
+within `pipeline.step_timeout` seconds, the watchdog prints which epoch, step
+and phase it was stuck in and every thread's stack (faulthandler), and ends
+the process with EXIT_HUNG. A DataLoader worker that never starts, a
+collective that a dead rank never joins, a deadlocked lock: without it a run
+on a cluster waits until its allocation runs out, saying nothing."""
+import faulthandler
+import os
+import sys
+import threading
+import time
+
+EXIT_HUNG = 124  # as timeout(1)
+
+
+class Watchdog:
+    """`beat(epoch, step, phase)` after every step; a thread of its own checks
+    the time since the last beat. `timeout` None or 0: never fires."""
+
+    def __init__(self, timeout, stream=None):
+        self.timeout = float(timeout or 0)
+        self.stream = stream
+        self._where = ('-', 0, 'start-up')
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = None
+
+    def beat(self, epoch, step, phase):
+        self._where = (epoch, step, phase)
+        self._last = time.monotonic()
+
+    def __enter__(self):
+        if self.timeout > 0:
+            self._last = time.monotonic()
+            self._thread = threading.Thread(target=self._watch, daemon=True,
+                                            name='ncm-watchdog')
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._stopped.clear()
+
+    def _watch(self):
+        while not self._stopped.wait(min(self.timeout, 5.0)):
+            if time.monotonic() - self._last > self.timeout:
+                self._fire()
+
+    def _fire(self):
+        stream = self.stream or sys.stderr
+        epoch, step, phase = self._where
+        stream.write(
+            f"\nncm_plugin watchdog: no {phase} step finished for "
+            f"{self.timeout:.0f} s (pipeline.step_timeout): stuck in epoch "
+            f"{epoch}, after step {step} of {phase}. The stacks of every "
+            f"thread of this process (pid {os.getpid()}) follow; a DataLoader "
+            f"worker or another rank may be the one stuck.\n")
+        stream.flush()
+        faulthandler.dump_traceback(file=stream, all_threads=True)
+        stream.flush()
+        os._exit(EXIT_HUNG)

@@ -1,0 +1,72 @@
+"""KPFCNN batches: collated on the CPU whatever the device, moved whole (scene
+targets included) without blocking, upsampled from the nearest point."""
+import numpy as np
+import torch
+
+from conftest import TINY_MODEL, tiny_scene, whole_cloud_sampler
+from ncm_plugin.models import NCMKPFCNN
+from ncm_plugin.training.batcher import (HostKPConvBatch, NCMConcatBatcher,
+                                         nearest_first)
+
+
+def items(model, count=2):
+    model.trans_point_sampler = whole_cloud_sampler
+    out = []
+    for seed in range(count):
+        attr = {'split': 'training', 'name': f'tiny{seed}', 'idx': seed}
+        data = model.transform(model.preprocess(tiny_scene(seed), attr), attr)
+        out.append({'data': data, 'attr': attr})
+    return out
+
+
+def tensors(batch):
+    found = [t for name in ('points', 'neighbors', 'pools', 'upsamples',
+                            'lengths') for t in getattr(batch, name)]
+    return found + [getattr(batch, name) for name in (
+        'features', 'labels', 'scales', 'rots', 'frame_inds', 'frame_centers',
+        'ncm_target')]
+
+
+def test_batches_are_collated_on_the_cpu_for_any_device():
+    """A pinning DataLoader gets CPU tensors (CUDA tensors cannot be pinned)."""
+    model = NCMKPFCNN(**{**TINY_MODEL, 'ncm': {'weight': 1.0,
+                                               'target': 'scene'}})
+    batch = NCMConcatBatcher().collate_fn(items(model))['data']
+    assert isinstance(batch, HostKPConvBatch)
+    assert {t.device.type for t in tensors(batch)} == {'cpu'}
+
+
+def test_the_batch_moves_every_tensor_with_the_scene_target():
+    model = NCMKPFCNN(**{**TINY_MODEL, 'ncm': {'weight': 1.0,
+                                               'target': 'scene'}})
+    batch = NCMConcatBatcher().collate_fn(items(model))['data']
+    assert batch.ncm_target.shape == (2, 3, 3)
+    moved = batch.to(torch.device('meta'), non_blocking=True)
+    assert {t.device.type for t in tensors(moved)} == {'meta'}
+
+
+def test_upsampling_takes_the_nearest_point():
+    model = NCMKPFCNN(**{**TINY_MODEL, 'ncm': {'weight': 1.0}})
+    batch = NCMConcatBatcher().collate_fn(items(model))['data']
+    fine, coarse = batch.points[0].numpy(), batch.points[1].numpy()
+    first = batch.upsamples[0][:, 0].numpy()
+    # Brute force: the nearest coarse point of every fine point, within the
+    # same cloud of the batch.
+    fine_cloud = np.repeat(np.arange(2), batch.lengths[0].numpy())
+    coarse_cloud = np.repeat(np.arange(2), batch.lengths[1].numpy())
+    distance2 = ((fine[:, None] - coarse[None]) ** 2).sum(-1)
+    distance2[fine_cloud[:, None] != coarse_cloud[None]] = np.inf
+    nearest = distance2.min(axis=1)
+    has_neighbor = first < len(coarse)
+    assert has_neighbor.mean() > 0.99
+    np.testing.assert_allclose(
+        distance2[np.arange(len(fine)), first][has_neighbor],
+        nearest[has_neighbor], rtol=1e-5)
+
+
+def test_nearest_first_orders_by_distance_then_index():
+    supports = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [1.0, 0, 0]])
+    queries = torch.tensor([[1.0, 0, 0], [0.9, 0, 0]])
+    upsamples = torch.tensor([[3, 0, 1, 2], [1, 3, 0, 2]])  # 3 = shadow
+    ordered = nearest_first(upsamples, queries, supports)
+    assert ordered.tolist() == [[2, 0, 1, 3], [2, 0, 1, 3]]

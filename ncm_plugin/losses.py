@@ -70,10 +70,12 @@ class NCMConfig:
         if cfg.target not in TARGETS:
             raise ValueError(f"{where}.target must be one of {TARGETS}, got "
                              f"{cfg.target!r}")
-        for key in ('weight', 'eps'):
-            if getattr(cfg, key) < 0:
-                raise ValueError(f"{where}.{key} must be >= 0, got "
-                                 f"{getattr(cfg, key)}")
+        if cfg.weight < 0:
+            raise ValueError(f"{where}.weight must be >= 0, got {cfg.weight}")
+        if not cfg.eps > 0:
+            raise ValueError(
+                f"{where}.eps must be > 0, got {cfg.eps}: it smooths the "
+                f"matrices, whose zeros make the KL infinite or NaN without it")
         if cfg.k < 1:
             raise ValueError(f"{where}.k must be >= 1, got {cfg.k}")
         if cfg.layer < 0:
@@ -129,13 +131,21 @@ def class_indices(labels, num_classes, ignored_label_inds):
 
     labels [N] long. Ignored labels are dropped from the label range, so every
     label above an ignored one moves down by one. Returns (indices [N] long,
-    valid [N] bool); indices of invalid points are 0.
+    valid [N] bool); indices of invalid points are 0. Nothing is read on the
+    host (the training step calls it); `checked_class_indices` also checks
+    the label range.
     """
     ignored = torch.as_tensor(list(ignored_label_inds), dtype=labels.dtype,
                               device=labels.device)
     valid = ~torch.isin(labels, ignored)
     shift = (labels.unsqueeze(1) > ignored).sum(dim=1)
     indices = torch.where(valid, labels - shift, torch.zeros_like(labels))
+    return indices, valid
+
+
+def checked_class_indices(labels, num_classes, ignored_label_inds):
+    """class_indices, raising ValueError for a label out of range."""
+    indices, valid = class_indices(labels, num_classes, ignored_label_inds)
     if valid.any() and int(indices[valid].max()) >= num_classes:
         raise ValueError(
             f"label {int(labels[valid].max())} is out of range for "
@@ -201,9 +211,15 @@ class NCMLoss(torch.nn.Module):
         return target
 
     def neighbors(self, batch):
-        """[N, K] neighbor indices of the points of `layer`, index N = none."""
+        """[N, K] neighbor indices of the points of `layer`, index N = none.
+
+        kNN lists come with the batch (`ncm_neighbors`, built by the
+        pipeline's batcher); without them they are built here, on the CPU."""
         layer = self.cfg.layer
         if self.cfg.neighborhood == 'knn':
+            prepared = getattr(batch, 'ncm_neighbors', None)
+            if prepared is not None:
+                return prepared
             return knn_neighbors(batch.points[layer], batch.lengths[layer],
                                  self.cfg.k)
         return batch.neighbors[layer]
@@ -219,8 +235,11 @@ class NCMLoss(torch.nn.Module):
         lengths = batch.lengths[layer]
         # float32 even under autocast: the KL of small probabilities needs it.
         with torch.autocast(logits.device.type, enabled=False):
-            labels = torch.nn.functional.one_hot(indices,
-                                                 self.num_classes).float()
+            # One-hot by comparison: torch's one_hot reads the largest label
+            # on the host. (A label out of range would get no class here;
+            # the cross entropy beside this term fails on it.)
+            classes = torch.arange(self.num_classes, device=indices.device)
+            labels = (indices.unsqueeze(1) == classes).float()
             scores = torch.softmax(logits.float(), dim=1)
             if layer > 0:
                 pools = batch.pools[:layer]

@@ -66,8 +66,9 @@ class NCMKPFCNN(KPFCNN):
     def get_loss(self, Loss, results, inputs, device):
         """Stock loss (weighted CE + deformable regularizer) + NCM term.
 
-        Leaves the separate terms, as floats, in `self.loss_terms` so the
-        pipeline can log them.
+        Leaves the separate terms, as detached tensors on the device, in
+        `self.loss_terms` so the pipeline can log them (reading them here
+        would make every step wait for the device).
         """
         loss, labels, scores = super().get_loss(Loss, results, inputs, device)
         terms = {'cross_entropy': self.output_loss, 'regularizer': self.reg_loss}
@@ -77,7 +78,7 @@ class NCMKPFCNN(KPFCNN):
             loss = loss + ncm_term
             terms['ncm'] = ncm_term
             terms['ncm_kl'] = self.ncm_loss.last_kl
-        self.loss_terms = {k: float(torch.as_tensor(v).detach())
+        self.loss_terms = {k: torch.as_tensor(v, device=loss.device).detach()
                            for k, v in terms.items()}
         return loss, labels, scores
 

@@ -35,6 +35,10 @@ def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
     not i itself, in the same cloud as i, and, with `valid`, valid like i.
     Clouds are contiguous in a stacked batch, so "same cloud" is a bounds
     check per row. Computed once per batch, shared by target and prediction.
+
+    Every row keeps its K slots (pairs that do not count are stored zeros):
+    compacting them would need their number on the host, a device sync in
+    every training step.
     """
     num_points = neighbors.shape[0]
     device = neighbors.device
@@ -50,12 +54,18 @@ def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
         padded = torch.cat([valid, valid.new_zeros(1)])
         keep &= valid.unsqueeze(1) & padded[torch.where(keep, neighbors,
                                                         num_points)]
-    crow = torch.zeros(num_points + 1, dtype=torch.long, device=device)
-    crow[1:] = torch.cumsum(keep.sum(dim=1), 0)
-    columns = neighbors[keep].long()
+    return _dense_rows_csr(neighbors, keep, num_points, dtype)
+
+
+def _dense_rows_csr(indices, keep, num_columns, dtype):
+    """CSR [N, num_columns] with K stored entries a row: indices [N, K] where
+    keep [N, K], value 1, else a stored 0 (at column 0)."""
+    num_rows, width = indices.shape
+    crow = torch.arange(num_rows + 1, device=indices.device) * width
+    columns = torch.where(keep, indices, torch.zeros_like(indices)).long()
     return torch.sparse_csr_tensor(
-        crow, columns, torch.ones(columns.numel(), dtype=dtype, device=device),
-        (num_points, num_points), check_invariants=False)
+        crow, columns.reshape(-1), keep.reshape(-1).to(dtype),
+        (num_rows, num_columns), check_invariants=False)
 
 
 def pooling_matrix(pools, num_fine, dtype=torch.float32):
@@ -64,15 +74,7 @@ def pooling_matrix(pools, num_fine, dtype=torch.float32):
     pools [M, K]: for every point of a coarser layer, the points of the finer
     layer (num_fine of them) within its pooling radius; index num_fine = none.
     """
-    keep = pools < num_fine
-    crow = torch.zeros(pools.shape[0] + 1, dtype=torch.long,
-                       device=pools.device)
-    crow[1:] = torch.cumsum(keep.sum(dim=1), 0)
-    columns = pools[keep].long()
-    return torch.sparse_csr_tensor(
-        crow, columns, torch.ones(columns.numel(), dtype=dtype,
-                                  device=pools.device),
-        (pools.shape[0], num_fine), check_invariants=False)
+    return _dense_rows_csr(pools, pools < num_fine, num_fine, dtype)
 
 
 def pool_scores(scores, valid, pools):
@@ -92,9 +94,8 @@ def pool_scores(scores, valid, pools):
     sums = scores * weights.unsqueeze(1)
     for layer_pools in pools:
         matrix = pooling_matrix(layer_pools, sums.shape[0], scores.dtype)
-        sums = matrix @ sums
-        weights = matrix @ weights.unsqueeze(1)
-        weights = weights.squeeze(1)
+        sums = sparse_product(matrix, sums)
+        weights = sparse_product(matrix, weights.unsqueeze(1)).squeeze(1)
     pooled_valid = weights > 0
     return sums / weights.clamp_min(1e-30).unsqueeze(1), pooled_valid
 
@@ -111,10 +112,13 @@ def transpose_csr(matrix):
         output_size=columns.numel())
     keys = columns.int() if num_columns < 2**31 else columns
     order = torch.argsort(keys, stable=True)
+    # Entries per column by a scatter: bincount would read the largest index
+    # on the host.
+    counts = torch.zeros(num_columns, dtype=torch.long, device=columns.device)
+    counts.scatter_add_(0, columns, torch.ones_like(columns))
     new_crow = torch.zeros(num_columns + 1, dtype=torch.long,
                            device=columns.device)
-    new_crow[1:] = torch.cumsum(torch.bincount(columns, minlength=num_columns),
-                                0)
+    new_crow[1:] = torch.cumsum(counts, 0)
     return torch.sparse_csr_tensor(new_crow, rows[order],
                                    matrix.values()[order],
                                    (num_columns, num_rows),
@@ -136,27 +140,36 @@ class _NeighborSum(torch.autograd.Function):
         return None, transpose_csr(ctx.adjacency) @ grad
 
 
+def sparse_product(matrix, dense):
+    """matrix @ dense for a sparse CSR matrix, with the cheaper backward of
+    _NeighborSum when `dense` needs a gradient."""
+    matrix = matrix.to(dense.dtype)
+    if dense.requires_grad:
+        return _NeighborSum.apply(matrix, dense)
+    return matrix @ dense
+
+
 def cooccurrence_from_matrix(scores, adjacency, lengths):
     """NCM of every cloud given the `neighbor_matrix` of the batch.
 
     scores [N, C], adjacency [N, N] sparse, lengths [B] -> [B, C, C].
     """
-    num_classes = scores.shape[1]
+    num_points, num_classes = scores.shape
+    num_clouds = lengths.shape[0]
     # neighbor_sum[i] = sum_{j in N(i)} s_j.
-    adjacency = adjacency.to(scores.dtype)
-    if scores.requires_grad:
-        neighbor_sum = _NeighborSum.apply(adjacency, scores)
-    else:
-        neighbor_sum = adjacency @ scores
-    # S_b = s_b^T @ neighbor_sum_b: one small matmul per cloud, vectorised
-    # over its points.
-    split = lengths.tolist()
-    if not split:
-        return scores.new_zeros((0, num_classes, num_classes))
-    counts = torch.stack([
-        s.T @ n for s, n in zip(torch.split(scores, split),
-                                torch.split(neighbor_sum, split))
-    ])
+    neighbor_sum = sparse_product(adjacency, scores)
+    # S_b = s_b^T @ neighbor_sum_b for every cloud b at once: each point's
+    # scores go to the column block of its cloud ([N, B, C]), and one product
+    # with neighbor_sum gives every S_b (no per-cloud split, which would need
+    # the lengths on the host).
+    cloud = torch.repeat_interleave(
+        torch.arange(num_clouds, device=scores.device),
+        lengths.to(scores.device).long(), output_size=num_points)
+    blocks = scores.new_zeros((num_points, num_clouds, num_classes))
+    blocks = blocks.index_put(
+        (torch.arange(num_points, device=scores.device), cloud), scores)
+    counts = (blocks.reshape(num_points, -1).T @ neighbor_sum).reshape(
+        num_clouds, num_classes, num_classes)
     total = counts.sum(dim=(1, 2), keepdim=True)
     return torch.where(total > 0, counts / total.clamp_min(1e-30),
                        torch.zeros_like(counts))
@@ -228,12 +241,11 @@ def ncm_kl(target, prediction, direction='forward', eps=1e-6):
         raise ValueError(
             f"target and prediction must both be [B, C, C], got "
             f"{tuple(target.shape)} and {tuple(prediction.shape)}")
-    has_pairs = target.sum(dim=(1, 2)) > 0
-    if not bool(has_pairs.any()):
-        return prediction.sum() * 0.0
-    p = smooth(target[has_pairs], eps)
-    q = smooth(prediction[has_pairs], eps)
+    # A mean over the clouds with pairs, by weights rather than by selecting
+    # them (a selection needs their number on the host).
+    has_pairs = (target.sum(dim=(1, 2)) > 0).to(prediction.dtype)
+    p, q = smooth(target, eps), smooth(prediction, eps)
     if direction == 'reverse':
         p, q = q, p
     kl = (p * (p.log() - q.log())).sum(dim=(1, 2))
-    return kl.mean()
+    return (kl * has_pairs).sum() / has_pairs.sum().clamp_min(1.0)

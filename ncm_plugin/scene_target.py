@@ -24,7 +24,7 @@ KPConvBatch are used unchanged.
 import numpy as np
 import torch
 
-from .losses import class_indices, knn_neighbors
+from .losses import checked_class_indices, knn_neighbors
 from .ncm import cooccurrence_from_matrix, neighbor_matrix
 
 
@@ -74,7 +74,7 @@ def scene_target(points, labels, model_cfg, ncm_cfg):
     points [N, 3] (the subsampled scene), labels [N] dataset labels.
     """
     num_classes = model_cfg.num_classes
-    indices, valid = class_indices(
+    indices, valid = checked_class_indices(
         torch.as_tensor(np.asarray(labels).reshape(-1)).long(), num_classes,
         model_cfg.ignored_label_inds)
     neighbors = cloud_neighbors(points, ncm_cfg, model_cfg)

@@ -70,3 +70,20 @@ def test_nearest_first_orders_by_distance_then_index():
     upsamples = torch.tensor([[3, 0, 1, 2], [1, 3, 0, 2]])  # 3 = shadow
     ordered = nearest_first(upsamples, queries, supports)
     assert ordered.tolist() == [[2, 0, 1, 3], [2, 0, 1, 3]]
+
+
+def test_the_ncm_knn_lists_come_with_the_batch():
+    model = NCMKPFCNN(**{**TINY_MODEL, 'ncm': {'weight': 1.0, 'k': 4,
+                                               'neighborhood': 'knn'}})
+    batch = NCMConcatBatcher(ncm_knn=(0, 4)).collate_fn(items(model))['data']
+    points = batch.points[0].numpy().astype(np.float64)
+    cloud = np.repeat(np.arange(2), batch.lengths[0].numpy())
+    distance2 = ((points[:, None] - points[None]) ** 2).sum(-1)
+    distance2[cloud[:, None] != cloud[None]] = np.inf
+    np.fill_diagonal(distance2, np.inf)
+    expected = np.sort(np.argsort(distance2, axis=1, kind='stable')[:, :4], 1)
+    assert np.array_equal(np.sort(batch.ncm_neighbors.numpy(), 1), expected)
+    logits = torch.randn(len(points), 3)
+    with_lists = model.ncm_loss(logits, batch.labels, batch)
+    del batch.ncm_neighbors
+    assert torch.equal(model.ncm_loss(logits, batch.labels, batch), with_lists)

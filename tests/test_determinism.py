@@ -3,7 +3,11 @@ seed give bit-identical weights with 0 or 2 DataLoader workers, and a run
 killed (SIGKILL) or stopped (SIGTERM) at a chosen step, then resumed, ends
 with the weights of the run that was never interrupted."""
 import os
+import shutil
 import signal
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +25,21 @@ def rooms(tmp_path_factory):
     return write_cached_s3dis(tmp_path_factory.mktemp('rooms'))
 
 
-def train(rooms, folder, num_workers=2, hook=None, expect=0, seed=3):
+def processes_with(marker):
+    """pids of the processes whose environment holds `marker`."""
+    found = []
+    for proc in Path('/proc').iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in \
+                    (proc / 'environ').read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def train(rooms, folder, num_workers=2, hook=None, expect=0, seed=3,
+          marker=None):
     """One run of the tiny config in `folder` (resuming what is there);
     returns the log's text."""
     config = write_tiny_config(folder / 'run.yml', rooms, folder / 'logs',
@@ -30,6 +48,8 @@ def train(rooms, folder, num_workers=2, hook=None, expect=0, seed=3):
     env = {k: v for k, v in os.environ.items() if k != STEP_HOOK_ENV}
     if hook:
         env[STEP_HOOK_ENV] = hook
+    if marker:
+        env['NCM_TEST_MARKER'] = marker
     log_path = folder / f'run{len(list(folder.glob("run*.log")))}.log'
     run = start_run(config, folder, log_path, env=env, args=('--seed', seed))
     assert run.wait(timeout=300) == expect, log_path.read_text()[-3000:]
@@ -49,10 +69,15 @@ def assert_same_weights(a, b):
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(rooms, tmp_path_factory):
+def uninterrupted_run(rooms, tmp_path_factory):
     folder = tmp_path_factory.mktemp('uninterrupted')
     train(rooms, folder)
-    return final_weights(folder)
+    return folder
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(uninterrupted_run):
+    return final_weights(uninterrupted_run)
 
 
 def test_workers_do_not_change_the_weights(rooms, tmp_path, uninterrupted):
@@ -70,8 +95,16 @@ def test_another_seed_gives_other_weights(rooms, tmp_path, uninterrupted):
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(
         rooms, tmp_path, uninterrupted):
-    text = train(rooms, tmp_path, hook='KILL:1:1', expect=-signal.SIGKILL)
+    marker = f'NCM_TEST_MARKER={uuid.uuid4()}'
+    text = train(rooms, tmp_path, hook='KILL:1:1', expect=-signal.SIGKILL,
+                 marker=marker.split('=')[1])
     assert f'{STEP_HOOK_ENV}: KILL after step 1 of epoch 1' in text
+    # The workers (children of the fork server, not of the killed process)
+    # end with it rather than linger.
+    deadline = time.monotonic() + 30
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_with(marker) == []
     text = train(rooms, tmp_path)
     assert 'epoch 0 done; resuming at epoch 1' in text
     assert_same_weights(final_weights(tmp_path), uninterrupted)
@@ -83,4 +116,14 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_weights(
     assert 'Stopped at batch 1 of 2 of epoch 1' in text
     text = train(rooms, tmp_path)
     assert '1 batch(es) of epoch 1 done; resuming there' in text
+    assert_same_weights(final_weights(tmp_path), uninterrupted)
+
+
+def test_kernels_on_disk_do_not_change_the_weights(rooms, tmp_path,
+                                                   uninterrupted_run,
+                                                   uninterrupted):
+    """KPConv generates its kernel dispositions in ./kernels on first use:
+    a run in a folder that already has them starts from the same model."""
+    shutil.copytree(uninterrupted_run / 'kernels', tmp_path / 'kernels')
+    train(rooms, tmp_path)
     assert_same_weights(final_weights(tmp_path), uninterrupted)

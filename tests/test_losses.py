@@ -3,7 +3,8 @@ import pytest
 import torch
 from open3d._ml3d.torch.modules.losses import filter_valid_label
 
-from ncm_plugin.losses import NCMConfig, class_indices, knn_neighbors
+from ncm_plugin.losses import (NCMConfig, checked_class_indices, class_indices,
+                               knn_neighbors)
 
 
 def test_class_indices_match_open3d_filter_valid_label():
@@ -18,7 +19,7 @@ def test_class_indices_match_open3d_filter_valid_label():
 
 def test_out_of_range_labels_are_reported():
     with pytest.raises(ValueError, match='label 7'):
-        class_indices(torch.tensor([0, 7]), 3, [])
+        checked_class_indices(torch.tensor([0, 7]), 3, [])
 
 
 def test_knn_pads_small_clouds_with_the_shadow_index():

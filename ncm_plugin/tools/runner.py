@@ -18,6 +18,8 @@ a checkpoint and exits with 128 + the signal number; running the same
 command again resumes it.
 """
 import argparse
+import contextlib
+import fcntl
 import logging
 import os
 import pprint
@@ -30,6 +32,7 @@ import torch
 import yaml
 
 from ..config import SECTIONS, apply_overrides, load_config, resolve_config
+from ..training.totals import NonFiniteLoss
 from .config_check import ConfigError, check_config
 
 
@@ -108,22 +111,62 @@ def prepare_demo_data(dataset_cfg):
     write_demo(kind, path, **options)
 
 
+@contextlib.contextmanager
+def one_process_at_a_time(lock_path):
+    """Hold an exclusive lock on `lock_path` in the block. KPConv writes its
+    kernel dispositions to ./kernels/ when it builds a model, not atomically:
+    torchrun's ranks, starting together in one folder, take turns."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def seed_generators(seed):
+    """torch's, numpy's and random's global generators: the model's initial
+    weights (torch) and KPConv's kernel points (numpy) come from them."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_model(Model, model_cfg, seed):
+    """The model, the same whether ./kernels/ already holds KPConv's kernel
+    dispositions or not.
+
+    KPConv loads each disposition from ./kernels/dispositions/, generating
+    and saving it first when missing, then turns it by a random rotation:
+    generating draws from numpy's generator, so a first run in a folder
+    would get other kernel points than later runs, and under torchrun the
+    rank that generated them others than the ranks that loaded them. So
+    when the first build generated a file, the generators are seeded again
+    and the model built again, from the files."""
+    folder = Path('kernels') / 'dispositions'
+    with one_process_at_a_time(Path('kernels') / '.lock'):
+        before = set(folder.glob('*')) if folder.is_dir() else set()
+        seed_generators(seed)
+        model = Model(**model_cfg, seed=np.random.default_rng(seed))
+        if set(folder.glob('*')) - before:
+            seed_generators(seed)
+            model = Model(**model_cfg, seed=np.random.default_rng(seed))
+    return model
+
+
 def build(cfg, seed=0):
     """Dataset, model and pipeline objects from a merged config."""
     import ncm_plugin  # noqa: F401  (fills the registries)
     from open3d._ml3d.utils import get_module
     rng = np.random.default_rng(seed)
-    # The model's initial weights (torch) and KPConv's kernel points (numpy)
-    # come from the global generators: seeded, a run is repeatable.
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    seed_generators(seed)
     Dataset = get_module('dataset', cfg['dataset']['name'])
     Model = get_module('model', cfg['model']['name'], 'torch')
     Pipeline = get_module('pipeline', cfg['pipeline']['name'], 'torch')
     prepare_demo_data(cfg['dataset'])
     dataset = Dataset(**cfg['dataset'], seed=rng)
-    model = Model(**cfg['model'], seed=rng)
+    model = build_model(Model, cfg['model'], seed)
     pipeline = Pipeline(model, dataset, **cfg['pipeline'], seed=rng)
     return dataset, model, pipeline
 
@@ -159,8 +202,12 @@ def main(argv=None):
     }
     if args.split == 'test':
         pipeline.run_test()
-    else:
+        return pipeline
+    try:
         pipeline.run_train()
+    except NonFiniteLoss as error:
+        sys.exit(f"run_pipeline: error: {error}")
+    else:
         stop = getattr(pipeline, 'stop', None)
         if stop is not None and stop.requested:
             log.warning("Stopped by a signal; the checkpoint is saved, run "

@@ -9,12 +9,13 @@ import torch
 from open3d._ml3d.torch.dataloaders import ConcatBatcher
 from open3d._ml3d.torch.dataloaders.concat_batcher import KPConvBatch
 
+from ..losses import knn_neighbors
 from .samplers import batch_seed, seeded
 
 # Tensor-valued attributes of a KPConvBatch: lists of tensors, then tensors.
 LIST_FIELDS = ('points', 'neighbors', 'pools', 'upsamples', 'lengths')
 TENSOR_FIELDS = ('features', 'labels', 'scales', 'rots', 'frame_inds',
-                 'frame_centers', 'ncm_target')
+                 'frame_centers', 'ncm_target', 'ncm_neighbors')
 
 
 class HostKPConvBatch(KPConvBatch):
@@ -70,11 +71,16 @@ class NCMConcatBatcher(ConcatBatcher):
     point's neighbors in an order that varies from run to run; KPConv's sums
     over them then differ in the last bits. Sorted, two runs give the same
     weights (pipeline.deterministic), for the price of one sort a layer in
-    the batcher."""
+    the batcher.
+    ncm_knn: (layer, k) of `model.ncm.neighborhood: knn`: the NCM's kNN lists
+    are built here (`batch.ncm_neighbors`), on the CPU like KPConv's own
+    (Open3D's kNN has no CUDA kernel), in a worker rather than in the step.
+    """
 
-    def __init__(self, sort_neighbors=False):
+    def __init__(self, sort_neighbors=False, ncm_knn=None):
         super().__init__(torch.device('cpu'), 'KPFCNN')
         self.sort_neighbors = sort_neighbors
+        self.ncm_knn = ncm_knn
 
     def collate_fn(self, batches):
         seed = batch_seed(batches)
@@ -88,6 +94,10 @@ class NCMConcatBatcher(ConcatBatcher):
         if self.sort_neighbors:
             batch.neighbors = [sort_rows(n) for n in batch.neighbors]
             batch.pools = [sort_rows(n) for n in batch.pools]
+        if self.ncm_knn is not None:
+            layer, k = self.ncm_knn
+            batch.ncm_neighbors = knn_neighbors(batch.points[layer],
+                                                batch.lengths[layer], k)
         targets = [t for item in batches
                    for t in item['data'].get('ncm_target_list', ())]
         if targets:

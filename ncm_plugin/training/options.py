@@ -49,6 +49,10 @@ class PipelineOptions:
         after which the run stops with every thread's stack and exit code 124
         (watchdog.py); also the DataLoader's timeout for a batch from a
         worker. 0 turns the watchdog off.
+    check_every: every this many steps the loop reads the loss terms (a
+        non-finite one stops the run, naming the step and the term) and,
+        under torchrun, the ranks agree on a stop request. Each is a wait for
+        the device, so not every step.
     deterministic: torch.use_deterministic_algorithms for the run (and, on
         CUDA, cuDNN's deterministic kernels). Sphere choices and their
         augmentation are seeded per sphere either way, so on the CPU two runs
@@ -62,6 +66,7 @@ class PipelineOptions:
     sync_batchnorm: bool = False
     find_unused_parameters: bool = False
     step_timeout: float = 1800.0
+    check_every: int = 10
     deterministic: bool = False
 
     @classmethod
@@ -109,6 +114,9 @@ class PipelineOptions:
         if options.num_workers < 0:
             raise ValueError(f"{where}.num_workers must be >= 0, got "
                              f"{options.num_workers}")
+        if options.check_every < 1:
+            raise ValueError(f"{where}.check_every must be >= 1 step, got "
+                             f"{options.check_every}")
         if options.step_timeout < 0:
             raise ValueError(f"{where}.step_timeout must be >= 0 seconds (0: "
                              f"no watchdog), got {options.step_timeout}")

@@ -24,12 +24,12 @@ what its own cannot do for a KPFCNN subclass.
   (see evaluation.py).
 """
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import random
-from collections import defaultdict
 from datetime import datetime
 from itertools import islice
 from os.path import isabs, join
@@ -55,6 +55,7 @@ from .precision import MixedPrecision
 from .batcher import NCMConcatBatcher
 from .samplers import (SharedSpatiallyRegularSampler, SphereDataset,
                        SphereRequests, worker_context, worker_init)
+from .totals import EpochTiming, EpochTotals, NonFiniteLoss
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         self.seed = distributed.rank_seed(
             int(self.rng.integers(np.iinfo(np.int32).max)), self.ranks.rank)
         self.watchdog = Watchdog(self.options.step_timeout)
+        self.epoch_timings = []
         self.step_hook = StepHook()
 
     # -- dispatch on the class, not the name ------------------------------
@@ -181,7 +183,13 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         """KPFCNN batches are collated on the CPU whatever `device`; the loops
         copy them to the device."""
         if isinstance(self.model, KPFCNN):
-            return NCMConcatBatcher(sort_neighbors=self.options.deterministic)
+            ncm = getattr(self.model, 'ncm_loss', None)
+            knn = None
+            if ncm is not None and ncm.cfg.neighborhood == 'knn' and \
+                    ncm.cfg.weight > 0:
+                knn = (ncm.cfg.layer, ncm.cfg.k)
+            return NCMConcatBatcher(sort_neighbors=self.options.deterministic,
+                                    ncm_knn=knn)
         return super().get_batcher(device, split)
 
     def get_3d_summary(self, results, input_data, epoch, save_gt=True):
@@ -220,7 +228,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         if num_workers > 0:
             workers = dict(num_workers=num_workers, persistent_workers=True,
                            multiprocessing_context=worker_context(),
-                           worker_init_fn=worker_init,
+                           worker_init_fn=functools.partial(
+                               worker_init, main_pid=os.getpid()),
                            timeout=self.options.step_timeout)
         loader = DataLoader(
             torch_split, batch_size=batch_size, sampler=requests,
@@ -237,12 +246,15 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         np.random.seed(seed)
         random.seed(seed)
 
-    def _stop_requested(self):
+    def _stop_requested(self, due=True):
         """SIGINT/SIGTERM on any rank; every rank gets the same answer, so
         they stop at the same step (a rank that stopped alone would leave the
-        others waiting in DDP's all-reduce)."""
+        others waiting in DDP's all-reduce). Under torchrun the ranks agree
+        only when `due` (every pipeline.check_every steps): the agreement is
+        an all-reduce, a wait for the device."""
         if self.distributed:
-            return distributed.any_rank(self.stop.requested, self.device)
+            return due and distributed.any_rank(self.stop.requested,
+                                                self.device)
         return self.stop.requested
 
     def _train_step(self, loss):
@@ -269,14 +281,16 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             loader.sampler.skip(skip * loader.batch_size)
         else:
             model.trans_point_sampler = sampler.get_point_sampler()
-        terms, totals = defaultdict(list), []
         stage = 'train' if train else 'valid'
         phase = 'training' if train else 'validation'
+        totals = EpochTotals(model.cfg.num_classes, self.device, phase, epoch)
+        check_every = self.options.check_every
         done, todo = skip, len(loader) - skip
         self.watchdog.beat(epoch, done, phase)
+        timing = EpochTiming(phase, epoch)
         with torch.set_grad_enabled(train):
-            for inputs in tqdm(islice(loader, todo), total=todo, desc=phase,
-                               disable=not self.ranks.primary):
+            for inputs in tqdm(timing.wrap(islice(loader, todo)), total=todo,
+                               desc=phase, disable=not self.ranks.primary):
                 batch = inputs['data']
                 batch.to(self.device, non_blocking=True)
                 if train and not self._spheres_checked:
@@ -293,10 +307,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                     loss = results.sum() * 0.0
                 if train:
                     self._train_step(loss)
-                metric.update(predict_scores, gt_labels)
-                totals.append(loss.item())
-                for key, value in getattr(model, 'loss_terms', {}).items():
-                    terms[key].append(value)
+                totals.add(done, {'loss': loss,
+                                  **getattr(model, 'loss_terms', {})})
+                totals.add_predictions(predict_scores.detach(), gt_labels)
                 if done == skip and self.ranks.primary and \
                         stage in self.cfg.get('summary').get('record_for', []):
                     self.summary[stage] = self.get_3d_summary(
@@ -305,10 +318,17 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 self.watchdog.beat(epoch, done, phase)
                 if train:
                     self.step_hook.after_step(epoch, done)
-                if self._stop_requested():
+                due = done % check_every == 0
+                if due:
+                    self._check_finite(totals)
+                if self._stop_requested(due):
                     break
+        self._check_finite(totals)
+        self.epoch_timings.append(timing.finish(done - skip))
+        metric.confusion_matrix = totals.confusion()
+        metric.num_classes = model.cfg.num_classes
         self._reduce_metric(metric, stage)
-        means = self._mean_over_ranks({'loss': totals, **terms})
+        means = self._mean_over_ranks(totals)
         if train:
             self.losses = [means.pop('loss')]
         else:
@@ -328,11 +348,25 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 self.local_confusion[stage], self.device)
             metric.num_classes = num_classes
 
-    def _mean_over_ranks(self, values):
-        """{key: list of floats} -> {key: mean over all ranks' values}."""
-        keys = sorted(values)
-        sums = np.array([[np.sum(values[k]), len(values[k])] for k in keys],
-                        dtype=np.float64).reshape(-1, 2)
+    def _check_finite(self, totals):
+        """Stop (every rank at once) when a loss term was not finite."""
+        try:
+            totals.check()
+            failed = None
+        except NonFiniteLoss as error:
+            failed = error
+        if self.distributed and distributed.any_rank(failed is not None,
+                                                     self.device):
+            failed = failed or NonFiniteLoss(
+                f"a loss term is not finite on another rank at {totals.phase} "
+                f"of epoch {totals.epoch} (its log names the term and step)")
+        if failed is not None:
+            raise failed
+
+    def _mean_over_ranks(self, totals):
+        """{term: mean over all ranks' steps} of an epoch's totals."""
+        keys, sums = totals.local_sums()
+        sums = np.array(sums, dtype=np.float64).reshape(-1, 2)
         if self.distributed:
             sums = distributed.all_reduce_sum(sums, self.device)
         return {k: float(s / n) if n else float('nan')
@@ -424,9 +458,13 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 self._train_epochs(first_epoch, skip, writer, train_loader,
                                    train_sampler, valid_loader, valid_sampler)
             writer.close()
-            if (self.options.test_after_train and not self.stop.requested
-                    and self.ranks.primary):
-                self.run_test()
+            if self.options.test_after_train and not self.stop.requested:
+                if self.ranks.primary:
+                    self.run_test()
+                if self.distributed:
+                    # The other ranks keep the process group until rank 0
+                    # has tested.
+                    distributed.wait_for_all()
         finally:
             if handler is not None:
                 logging.getLogger().removeHandler(handler)

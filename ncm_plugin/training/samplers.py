@@ -298,14 +298,46 @@ class SphereDataset(TorchDataloader):
         return item
 
 
-def worker_init(worker_id):
-    """Leave Ctrl-C to the main process: a terminal sends SIGINT to the whole
-    process group, and a worker that died of it would make the main process
-    fail with "DataLoader worker exited unexpectedly" instead of stopping at
-    the next step and saving a checkpoint. (Open3D-ML's own worker_init_fn
-    overflows on numpy 2; items are seeded by their request instead.)"""
+def worker_init(worker_id, main_pid=None):
+    """Leave Ctrl-C to the main process, and end with it.
+
+    A terminal sends SIGINT to the whole process group, and a worker that
+    died of it would make the main process fail with "DataLoader worker
+    exited unexpectedly" instead of stopping at the next step and saving a
+    checkpoint. A worker started by the fork server is not the main
+    process's child, so torch's own check (is my parent alive?) never sees
+    the main process die (SIGKILL, the OOM killer): a thread of the worker
+    watches `main_pid` and ends the worker when it is gone. (Open3D-ML's own
+    worker_init_fn overflows on numpy 2; items are seeded by their request.)
+    """
     import signal
+    import threading
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if main_pid is not None:
+        threading.Thread(target=_exit_with, args=(main_pid,), daemon=True,
+                         name='ncm-main-watch').start()
+
+
+def _exit_with(pid, interval=2.0):
+    """End this process when process `pid` has ended (a pidfd where Linux
+    has them: it cannot mistake a new process that got the same pid)."""
+    import os
+    import select
+    import time
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        handle = None
+    while True:
+        if handle is not None:
+            if select.select([handle], [], [], None)[0]:
+                os._exit(0)
+            continue
+        time.sleep(interval)
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            os._exit(0)
 
 
 def _reduce_config(config):

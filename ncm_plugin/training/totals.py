@@ -6,6 +6,8 @@ terms, the first step at which each became non-finite, and the confusion
 matrix are accumulated as device tensors, and read by `check()` every few
 steps and by `means()` / `confusion()` once an epoch.
 """
+import time
+
 import torch
 
 NEVER = torch.iinfo(torch.int64).max
@@ -43,9 +45,9 @@ class EpochTotals:
 
     def add_predictions(self, scores, labels):
         """scores [N, C], labels [N] (label indices) of a step's valid points."""
-        predictions = scores.argmax(dim=1)
-        self.matrix += torch.bincount(labels * self.num_classes + predictions,
-                                      minlength=self.num_classes ** 2)
+        cells = labels.long() * self.num_classes + scores.argmax(dim=1)
+        # A scatter, not bincount (which reads the largest value on the host).
+        self.matrix.index_add_(0, cells, torch.ones_like(cells))
 
     def check(self):
         """Raise NonFiniteLoss naming the epoch, step and term when a term
@@ -72,3 +74,30 @@ class EpochTotals:
     def confusion(self):
         """[C, C] int64 numpy confusion matrix (rows: label)."""
         return self.matrix.reshape(self.num_classes, self.num_classes).cpu().numpy()
+
+
+class EpochTiming:
+    """Wall time of an epoch and the part of it the loop waited for the next
+    batch (data loading not hidden by the workers)."""
+
+    def __init__(self, phase, epoch):
+        self.phase, self.epoch = phase, epoch
+        self.start = time.perf_counter()
+        self.waiting = 0.0
+
+    def wrap(self, batches):
+        """The batches, timing each wait for one."""
+        iterator = iter(batches)
+        while True:
+            before = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waiting += time.perf_counter() - before
+            yield batch
+
+    def finish(self, steps):
+        seconds = time.perf_counter() - self.start
+        return {'phase': self.phase, 'epoch': self.epoch, 'steps': steps,
+                'seconds': seconds, 'data_wait_seconds': self.waiting}

@@ -12,7 +12,7 @@ split, each cloud weighs by its number of neighbor pairs.
 import numpy as np
 import torch
 
-from ...losses import class_indices
+from ...losses import checked_class_indices
 from ...ncm import ncm_kl
 from ...scene_target import cloud_ncm, cloud_neighbors
 
@@ -35,8 +35,8 @@ def cloud_matrices(points, truth, predictions, model_cfg, ncm_cfg):
     """
     sub_points, sub_truth = subsample(points, truth, model_cfg.first_subsampling_dl)
     num_classes, ignored = model_cfg.num_classes, model_cfg.ignored_label_inds
-    target_classes, valid = class_indices(torch.as_tensor(sub_truth).long(),
-                                          num_classes, ignored)
+    target_classes, valid = checked_class_indices(
+        torch.as_tensor(sub_truth).long(), num_classes, ignored)
     neighbors = cloud_neighbors(sub_points, ncm_cfg, model_cfg)
     target, pairs = cloud_ncm(target_classes, valid, neighbors, num_classes)
     matrices = {'target': target}
@@ -45,8 +45,8 @@ def cloud_matrices(points, truth, predictions, model_cfg, ncm_cfg):
                                            model_cfg.first_subsampling_dl)
         if not np.array_equal(run_points, sub_points):
             raise RuntimeError("grid subsampling is not deterministic")
-        classes, _ = class_indices(torch.as_tensor(run_labels).long(),
-                                   num_classes, ())
+        classes, _ = checked_class_indices(
+            torch.as_tensor(run_labels).long(), num_classes, ())
         matrices[run], _ = cloud_ncm(classes, valid, neighbors, num_classes)
     return matrices, pairs
 

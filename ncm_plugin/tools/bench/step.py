@@ -49,9 +49,8 @@ def realistic_batch(config, dataset_path=None, device='cpu', seed=0,
     dataset, model, pipeline = build(cfg, seed)
     loader, sampler = pipeline._loader('train', cfg['pipeline']['batch_size'],
                                        'steps_per_epoch_train')
-    model.trans_point_sampler = sampler.get_point_sampler()
     inputs = next(iter(loader))
-    inputs['data'].to(pipeline.device)
+    inputs['data'].to(pipeline.device, non_blocking=True)
     model.to(pipeline.device)
     model.device = pipeline.device
     model.train()
@@ -172,7 +171,7 @@ def run(args):
             'peak_bytes': peaks, 'points': sum(lengths)}
 
 
-PARTS = ('step', 'scaling', 'throughput', 'convert')
+PARTS = ('step', 'scaling', 'throughput', 'convert', 'epoch')
 
 
 def main(argv=None):
@@ -183,7 +182,8 @@ def main(argv=None):
                         'step (default); scaling: NCM time vs points and '
                         'classes; throughput: test-time points/s with and '
                         'without the plugin; convert: S3DIS conversion vs '
-                        'the stock one')
+                        'the stock one; epoch: whole training epochs with '
+                        '0/1/2 workers and the stock run_train')
     parser.add_argument('--config', default='ncm_kpconv_s3dis.yml')
     parser.add_argument('--dataset_path',
                         help='raw S3DIS (default: generated synthetic rooms)')
@@ -204,6 +204,8 @@ def main(argv=None):
     parser.add_argument('--threads', type=int,
                         help="torch's CPU threads (default: torch's choice); "
                         "1 gives steadier figures on a shared machine")
+    parser.add_argument('--epochs', type=int, default=4,
+                        help='epoch: epochs a run (the first is not timed)')
     parser.add_argument('--probe-weight', type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import logging
@@ -212,10 +214,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.probe_weight is not None:
         return probe(args)
-    from . import convert, scaling, throughput
+    from . import convert, epoch, scaling, throughput
     runners = {'step': run, 'scaling': scaling.run,
                'throughput': throughput.run,
-               'convert': convert.run}
+               'convert': convert.run, 'epoch': epoch.run}
     parts = PARTS if args.part == 'all' else (args.part,)
     return {part: runners[part](args) for part in parts}
 

@@ -64,12 +64,17 @@ def test_upsampling_takes_the_nearest_point():
         nearest[has_neighbor], rtol=1e-5)
 
 
-def test_nearest_first_orders_by_distance_then_index():
-    supports = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [1.0, 0, 0]])
-    queries = torch.tensor([[1.0, 0, 0], [0.9, 0, 0]])
-    upsamples = torch.tensor([[3, 0, 1, 2], [1, 3, 0, 2]])  # 3 = shadow
+def test_nearest_first_puts_the_nearest_lowest_index_in_column_0():
+    supports = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [1.0, 0, 0],
+                             [1.0, 0, 0]])
+    queries = torch.tensor([[1.0, 0, 0], [0.1, 0, 0], [5.0, 0, 0]])
+    upsamples = torch.tensor([[4, 3, 1, 2],    # 2 and 3 both at 0: 2
+                              [1, 4, 0, 2],    # 0 nearest
+                              [4, 4, 4, 4]])   # 4 = shadow only
     ordered = nearest_first(upsamples, queries, supports)
-    assert ordered.tolist() == [[2, 0, 1, 3], [2, 0, 1, 3]]
+    assert ordered[:, 0].tolist() == [2, 0, 4]
+    assert torch.equal(torch.sort(ordered, 1).values,
+                       torch.sort(upsamples, 1).values)
 
 
 def test_the_ncm_knn_lists_come_with_the_batch():

@@ -47,18 +47,27 @@ def sort_rows(neighbors):
 
 
 def nearest_first(upsamples, queries, supports):
-    """upsamples [N, K] (indices into supports [M, 3], shadow M) ordered by
-    distance to their query point (queries [N, 3]), ties by index.
+    """upsamples [N, K] (indices into supports [M, 3], shadow M) with each
+    row's nearest support point (of those, the lowest index) in column 0.
 
     KPConv's nearest upsampling takes the first neighbor as the nearest (its
-    `closest_pool` says so); Open3D's radius search returns them in hash-grid
-    order, so the stock batcher upsamples from an arbitrary point within the
-    radius, differently from run to run."""
-    ordered = sort_rows(upsamples)
+    `closest_pool` says so and reads column 0 only); Open3D's radius search
+    returns them in hash-grid order, so the stock batcher upsamples from an
+    arbitrary point within the radius, differently from run to run. One
+    pass over the rows, no sort."""
     padded = torch.cat([supports, supports.new_full((1, 3), float('inf'))])
-    distance2 = torch.sum(torch.square(padded[ordered] - queries[:, None]), -1)
-    order = torch.sort(distance2, dim=1, stable=True).indices
-    return torch.gather(ordered, 1, order)
+    distance2 = torch.sum(torch.square(padded[upsamples] - queries[:, None]),
+                          -1)
+    nearest = distance2.min(dim=1, keepdim=True).values
+    never = torch.iinfo(upsamples.dtype).max
+    first = torch.where(distance2 == nearest, upsamples,
+                        torch.full_like(upsamples, never)).min(
+                            dim=1, keepdim=True).values
+    where = (upsamples == first).to(torch.uint8).argmax(dim=1, keepdim=True)
+    ordered = upsamples.clone()
+    ordered.scatter_(1, where, upsamples[:, :1])
+    ordered[:, :1] = first
+    return ordered
 
 
 class NCMConcatBatcher(ConcatBatcher):
@@ -66,7 +75,7 @@ class NCMConcatBatcher(ConcatBatcher):
     are HostKPConvBatch and carry `ncm_target [B, C, C]` when the items have
     scene targets.
 
-    Upsampling lists are always ordered nearest first (`nearest_first`).
+    Upsampling lists always have the nearest point first (`nearest_first`).
     sort_neighbors: Open3D's multi-threaded radius search returns each
     point's neighbors in an order that varies from run to run; KPConv's sums
     over them then differ in the last bits. Sorted, two runs give the same
@@ -88,12 +97,13 @@ class NCMConcatBatcher(ConcatBatcher):
             out = super().collate_fn(batches)
         batch = out['data']
         batch.__class__ = HostKPConvBatch
-        batch.upsamples = [
-            nearest_first(up, batch.points[layer], batch.points[layer + 1])
-            if up.shape[0] else up for layer, up in enumerate(batch.upsamples)]
         if self.sort_neighbors:
             batch.neighbors = [sort_rows(n) for n in batch.neighbors]
             batch.pools = [sort_rows(n) for n in batch.pools]
+            batch.upsamples = [sort_rows(n) for n in batch.upsamples]
+        batch.upsamples = [
+            nearest_first(up, batch.points[layer], batch.points[layer + 1])
+            if up.shape[0] else up for layer, up in enumerate(batch.upsamples)]
         if self.ncm_knn is not None:
             layer, k = self.ncm_knn
             batch.ncm_neighbors = knn_neighbors(batch.points[layer],

@@ -16,11 +16,16 @@ from pathlib import Path
 from ...config import load_config, resolve_config
 from ..runner import build
 
-VARIANTS = (('plugin, 0 workers', 0), ('plugin, 1 worker', 1),
-            ('plugin, 2 workers', 2), ('stock run_train, 0 workers', None))
+# (name, num_workers or None for the stock pipeline, NCM weight or None for
+# the config's).
+VARIANTS = (('plugin, 0 workers', 0, None), ('plugin, 1 worker', 1, None),
+            ('plugin, 2 workers', 2, None),
+            ('plugin, 0 workers, NCM weight 0', 0, 0.0),
+            ('stock run_train, 0 workers', None, None))
 
 
-def variant_config(config, dataset_path, workers, epochs, log_dir):
+def variant_config(config, dataset_path, workers, epochs, log_dir,
+                   ncm_weight=None):
     cfg = load_config(resolve_config(config))
     cfg['dataset'].pop('demo_data', None)
     cfg['dataset'].update(dataset_path=str(dataset_path),
@@ -29,9 +34,11 @@ def variant_config(config, dataset_path, workers, epochs, log_dir):
                            save_ckpt_freq=10 ** 6, test_after_train=False,
                            main_log_dir=str(log_dir),
                            num_workers=workers or 0)
+    if ncm_weight is not None:
+        cfg['model']['ncm']['weight'] = ncm_weight
     if workers is None:  # Open3D-ML's own pipeline, model and sampler
         cfg['pipeline']['name'] = 'SemanticSegmentation'
-        for key in ('num_workers', 'test_after_train', 'keep_checkpoints',
+        for key in ('test_after_train', 'keep_checkpoints',
                     'amp', 'sync_batchnorm', 'find_unused_parameters',
                     'step_timeout', 'check_every', 'deterministic'):
             cfg['pipeline'].pop(key, None)
@@ -72,11 +79,11 @@ def run(args):
         from ...datasets.s3dis.synthetic import write_demo_s3dis
         dataset_path = Path(tempfile.mkdtemp(prefix='ncm_bench_')) / 's3dis'
         write_demo_s3dis(dataset_path, seed=args.seed)
-    results = {name: [] for name, _ in VARIANTS}
+    results = {name: [] for name, _, _ in VARIANTS}
     for repeat in range(args.repeats):
-        for name, workers in VARIANTS:
+        for name, workers, weight in VARIANTS:
             cfg = variant_config(config, dataset_path, workers, args.epochs,
-                                 tempfile.mkdtemp(prefix='ncm_epoch_'))
+                                 tempfile.mkdtemp(prefix='ncm_epoch_'), weight)
             results[name].append(timed_run(cfg, args.seed))
             seconds, spheres, wait = results[name][-1]
             print(f"{name}: {spheres / seconds:.2f} spheres/s"

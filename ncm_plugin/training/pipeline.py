@@ -49,10 +49,10 @@ from tqdm import tqdm
 
 from . import checkpoints, distributed
 from ..evaluation.recorder import TestRecorder
+from .batcher import NCMConcatBatcher
 from .interrupts import StepHook, StopRequest
 from .options import PipelineOptions
 from .precision import MixedPrecision
-from .batcher import NCMConcatBatcher
 from .samplers import (SharedSpatiallyRegularSampler, SphereDataset,
                        SphereRequests, worker_context, worker_init)
 from .totals import EpochTiming, EpochTotals, NonFiniteLoss
@@ -652,7 +652,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 self._samplers[split].load_state_dict(state)
         elif states is not None:
             log.warning("%s was written by %d rank(s), this run has %d: the "
-                        "random generators are seeded afresh", path,
+                        "random generators are seeded afresh and the samplers' "
+                        "coverage starts anew", path,
                         len(states), self.ranks.world_size)
         epoch, steps_done = int(ckpt.get('epoch', -1)), ckpt.get('steps_done')
         if steps_done is None:

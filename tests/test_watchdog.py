@@ -11,13 +11,13 @@ from tiny_training import start_run, write_cached_s3dis, write_tiny_config
 def test_a_stuck_step_ends_the_run_with_the_stacks(tmp_path):
     rooms = write_cached_s3dis(tmp_path / 'rooms', areas=(1, 5), rooms=1)
     config = write_tiny_config(tmp_path / 'run.yml', rooms, tmp_path / 'logs',
-                               max_epoch=3, step_timeout=2)
+                               max_epoch=3, step_timeout=5)
     log_path = tmp_path / 'run.log'
     run = start_run(config, tmp_path, log_path,
                     env={**os.environ, STEP_HOOK_ENV: 'HANG:1:1'})
     assert run.wait(timeout=120) == EXIT_HUNG
     text = log_path.read_text()
-    assert ('no training step finished for 2 s (pipeline.step_timeout): '
+    assert ('no training step finished for 5 s (pipeline.step_timeout): '
             'stuck in epoch 1, after step 1 of training') in text
     # faulthandler's dump: the main thread, stuck in the hook's sleep.
     assert 'Current thread' in text or 'Thread 0x' in text

@@ -1,5 +1,8 @@
 """NCMSemanticSegmentation: dispatch, sphere check, loss-term logs (workers:
 test_samplers.py)."""
+import math
+import re
+
 import pytest
 from open3d._ml3d.datasets import S3DIS
 from open3d._ml3d.utils import Config, get_module
@@ -17,9 +20,10 @@ def cached_s3dis(tmp_path_factory):
     return write_cached_s3dis(tmp_path_factory.mktemp('s3dis'))
 
 
-def make_pipeline(root, tmp_path, **pipeline):
+def make_pipeline(root, tmp_path, sampler='SharedSpatiallyRegularSampler',
+                  **pipeline):
     dataset = S3DIS(dataset_path=str(root), test_area_idx=5, use_cache=False,
-                    sampler={'name': 'SharedSpatiallyRegularSampler'},
+                    sampler={'name': sampler},
                     steps_per_epoch_train=6, steps_per_epoch_valid=2)
     model = NCMKPFCNN(**{**TINY_MODEL, 'num_classes': 13,
                          'lbl_values': list(range(13))})
@@ -43,29 +47,40 @@ def test_batcher_dispatches_on_the_class(cached_s3dis, tmp_path):
     assert pipeline.get_batcher('cpu').model == 'KPFCNN'
 
 
-def test_degenerate_spheres_are_refused():
+def test_spheres_are_judged_against_the_points_within_their_radius():
     cfg = Config({'in_radius': 2.0, 'first_subsampling_dl': 0.04,
                   'max_in_points': 40000, 'batch_limit': 200000})
     with pytest.raises(DegenerateSpheresError, match='SemSegRandomSampler'):
-        check_spheres([3, 3, 3], cfg, 'SemSegRandomSampler')
-    check_spheres([6000, 9000, 400], cfg, 'SharedSpatiallyRegularSampler')
+        check_spheres([3, 3, 3], [6000, 8000, 7000], cfg, 'SemSegRandomSampler')
+    check_spheres([6000, 9000, 400], [6000, 9000, 400], cfg,
+                  'SharedSpatiallyRegularSampler')
+    # Sparse clouds: few points within the radius, all of them in the sphere.
+    check_spheres([12, 9, 20], [12, 9, 20], cfg, 'SharedSpatiallyRegularSampler')
 
 
-def test_training_logs_every_loss_term(cached_s3dis, tmp_path, caplog):
-    from tensorboard.backend.event_processing.event_accumulator import \
-        EventAccumulator
-    pipeline = make_pipeline(cached_s3dis, tmp_path, max_epoch=1)
+def test_the_stock_random_sampler_is_refused_with_a_true_message(tmp_path):
+    rooms = write_cached_s3dis(tmp_path / 'rooms', areas=(1, 5), rooms=1)
+    pipeline = make_pipeline(rooms, tmp_path, sampler='SemSegRandomSampler',
+                             max_epoch=0)
+    with pytest.raises(DegenerateSpheresError,
+                       match=r"hold 3 points on average .* their clouds hold "
+                       r"\d+ on average within model.in_radius=1.0 .*"
+                       r"'SemSegRandomSampler' does not crop spheres"):
+        pipeline.run_train()
+
+
+def test_sparse_clouds_train(tmp_path, caplog):
+    """About 2 points per m2: a sphere holds less than 5 % of what a plane
+    sampled at the grid step would (the old check refused that), and all
+    the points its cloud has within the radius."""
+    rooms = write_cached_s3dis(tmp_path / 'rooms', areas=(1, 5), rooms=1,
+                               points=90)
+    pipeline = make_pipeline(rooms, tmp_path, max_epoch=0)
     with caplog.at_level('INFO'):
         pipeline.run_train()
-    assert 'Training loss terms: cross_entropy' in caplog.text
-    assert 'ncm_kl' in caplog.text
-    events = EventAccumulator(pipeline.tensorboard_dir)
-    events.Reload()
-    tags = events.Tags()['scalars']
-    for term in ('cross_entropy', 'regularizer', 'ncm', 'ncm_kl'):
-        assert f'Training loss/{term}' in tags
-        assert f'Validation loss/{term}' in tags
-    steps = [e.step for e in events.Scalars('Training loss/ncm_kl')]
-    assert steps == [0, 1]
-    checkpoints = sorted((tmp_path / 'logs').rglob('ckpt_*.pth'))
-    assert [c.name for c in checkpoints] == ['ckpt_00000.pth', 'ckpt_00001.pth']
+    assert pipeline.epoch_timings[0]['steps'] == 3
+    mean = float(re.search(r'Training spheres: (\d+) points on average',
+                           caplog.text).group(1))
+    plane = math.pi * (TINY_MODEL['in_radius'] /
+                       TINY_MODEL['first_subsampling_dl']) ** 2
+    assert 0 < mean < 0.05 * plane

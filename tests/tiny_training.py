@@ -26,13 +26,14 @@ PIPELINE = dict(name='NCMSemanticSegmentation', batch_size=2,
                 save_ckpt_freq=1, train_sum_dir='tb', num_workers=0)
 
 
-def write_cached_s3dis(root, areas=(1, 2, 5), rooms=2):
-    """`rooms` tiny rooms per area as original_pkl/Area_N_room_K.pkl."""
+def write_cached_s3dis(root, areas=(1, 2, 5), rooms=2, points=3000):
+    """`rooms` tiny rooms of `points` points per area as
+    original_pkl/Area_N_room_K.pkl."""
     root = Path(root)
     (root / 'original_pkl').mkdir(parents=True, exist_ok=True)
     for area in areas:
         for room in range(rooms):
-            scene = tiny_scene(10 * area + room, 3000)
+            scene = tiny_scene(10 * area + room, points)
             cloud = np.c_[2 * scene['point'], scene['feat'], scene['label']]
             with open(root / 'original_pkl' / f'Area_{area}_room_{room}.pkl',
                       'wb') as f:

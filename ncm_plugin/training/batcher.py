@@ -95,6 +95,9 @@ class NCMConcatBatcher(ConcatBatcher):
         seed = batch_seed(batches)
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             out = super().collate_fn(batches)
+        # The items' attributes (the stock batcher drops them): the sphere
+        # check reads which cloud each sphere is of.
+        out['attr'] = [item['attr'] for item in batches]
         batch = out['data']
         batch.__class__ = HostKPConvBatch
         if self.sort_neighbors:

@@ -27,7 +27,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import random
 from datetime import datetime
@@ -60,8 +59,8 @@ from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
-# A training sphere must hold at least this fraction of the points its radius
-# implies (a disc of radius in_radius sampled every first_subsampling_dl).
+# A training sphere must hold at least this fraction of the points that its
+# cloud has within model.in_radius of its centre (capped by the point limits).
 MIN_SPHERE_FRACTION = 0.05
 BEST_METRIC = 'validation mIoU'
 
@@ -78,28 +77,51 @@ def sphere_budget(model_cfg):
     return model_cfg.in_radius, min_points, max_points
 
 
-def expected_sphere_points(model_cfg):
-    """Points a sphere should hold: one flat surface through its centre,
-    grid-subsampled, capped by the model's point limits."""
-    disc = math.pi * (model_cfg.in_radius / model_cfg.first_subsampling_dl)**2
-    return min(disc, model_cfg.max_in_points, model_cfg.batch_limit)
+def check_spheres(lengths, inside, model_cfg, sampler_name):
+    """Raise DegenerateSpheresError when the spheres of a batch hold far
+    fewer points than their clouds have within the sphere radius.
 
-
-def check_spheres(lengths, model_cfg, sampler_name):
-    """Raise DegenerateSpheresError when the mean sphere is far too small."""
-    expected = expected_sphere_points(model_cfg)
-    mean = float(np.mean(lengths))
-    if mean < MIN_SPHERE_FRACTION * expected:
+    lengths [S]: points of each sphere of the batch; inside [S]: points of
+    its cloud (as the model preprocessed it) within model.in_radius of its
+    centre. What this catches is a sampler that does not crop spheres (the
+    stock random sampler gives KPFCNN spheres of 3 points); sparse clouds
+    (airborne LiDAR, distant scans) hold few points inside the radius and
+    pass, since their spheres hold all of them."""
+    max_points = min(model_cfg.max_in_points, model_cfg.batch_limit)
+    lengths = np.asarray(lengths, dtype=np.float64)
+    wanted = np.minimum(np.asarray(inside, dtype=np.float64), max_points)
+    if lengths.mean() < MIN_SPHERE_FRACTION * wanted.mean():
         raise DegenerateSpheresError(
-            f"training spheres hold {mean:.0f} points on average (sizes "
-            f"{list(map(int, lengths))}), but a sphere of radius "
-            f"model.in_radius={model_cfg.in_radius} at "
-            f"first_subsampling_dl={model_cfg.first_subsampling_dl} should hold "
-            f"about {expected:.0f}. The sampler '{sampler_name}' does not give "
-            f"KPFCNN real spheres: set dataset.sampler.name to "
-            f"SharedSpatiallyRegularSampler (or SemSegSpatiallyRegularSampler).")
-    log.info("Training spheres: %.0f points on average (%s)", mean,
-             list(map(int, lengths)))
+            f"training spheres hold {lengths.mean():.0f} points on average "
+            f"(sizes {list(map(int, lengths))}), but their clouds hold "
+            f"{wanted.mean():.0f} on average within model.in_radius="
+            f"{model_cfg.in_radius} of the spheres' centres (at most "
+            f"{max_points}, the model's point limits): the sampler "
+            f"'{sampler_name}' does not crop spheres for KPFCNN; set "
+            f"dataset.sampler.name to SharedSpatiallyRegularSampler (or "
+            f"SemSegSpatiallyRegularSampler).")
+    log.info("Training spheres: %.0f points on average (%s); their clouds "
+             "hold %.0f within the radius", lengths.mean(),
+             list(map(int, lengths)), wanted.mean())
+
+
+def points_inside(loader, attrs, centres, radius):
+    """[S] points of each sphere's cloud within `radius` of its centre.
+
+    attrs: the batch's items' attributes (one sphere each); centres [S, 3]
+    in the cloud's coordinates. The clouds are read as the model
+    preprocessed them (the cache, or the preprocess), once per check."""
+    split = loader.dataset
+    counts = []
+    for attr, centre in zip(attrs, centres):
+        if split.cache_convert:
+            data = split.cache_convert(attr['name'])
+        else:
+            data = split.preprocess(split.dataset.get_data(attr['idx']), attr)
+        found = data['search_tree'].query_radius(
+            np.asarray(centre, dtype=np.float64).reshape(1, 3), r=radius)[0]
+        counts.append(len(found))
+    return np.array(counts)
 
 
 def make_deterministic(device):
@@ -292,11 +314,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             for inputs in tqdm(timing.wrap(islice(loader, todo)), total=todo,
                                desc=phase, disable=not self.ranks.primary):
                 batch = inputs['data']
-                batch.to(self.device, non_blocking=True)
                 if train and not self._spheres_checked:
-                    check_spheres(batch.lengths[0].cpu().numpy(), model.cfg,
-                                  type(sampler).__name__)
-                    self._spheres_checked = True
+                    self._check_spheres(loader, inputs, sampler)
+                batch.to(self.device, non_blocking=True)
                 with self.precision.autocast():
                     results = forward(batch)
                     loss, gt_labels, predict_scores = model.get_loss(
@@ -347,6 +367,21 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             metric.confusion_matrix = distributed.all_reduce_sum(
                 self.local_confusion[stage], self.device)
             metric.num_classes = num_classes
+
+    def _check_spheres(self, loader, inputs, sampler):
+        """check_spheres on the first training batch (on the CPU, before it
+        moves to the device)."""
+        batch, attrs = inputs['data'], inputs['attr']
+        lengths = batch.lengths[0].numpy()
+        self._spheres_checked = True
+        if len(attrs) != len(lengths):
+            log.info("Training spheres: %s points (an item holds several "
+                     "spheres; not compared with their clouds)",
+                     list(map(int, lengths)))
+            return
+        inside = points_inside(loader, attrs, batch.frame_centers.numpy(),
+                               self.model.cfg.in_radius)
+        check_spheres(lengths, inside, self.model.cfg, type(sampler).__name__)
 
     def _check_finite(self, totals):
         """Stop (every rank at once) when a loss term was not finite."""

@@ -1,0 +1,99 @@
+"""LAS/LAZ tiles: read against laspy's own reading of a real IGN LiDAR HD
+tile, classes mapped and written back, bad files named."""
+import logging
+import shutil
+from pathlib import Path
+
+import laspy
+import numpy as np
+import pytest
+
+from ncm_plugin.datasets.lidar.las import (ASPRS_CLASS_MAP, LasError,
+                                           check_class_map, labels_to_codes,
+                                           map_classes, read_tile,
+                                           write_classified)
+
+TILE = Path(__file__).parent / 'data' / 'ign_lidarhd' / \
+    'test_data_77050_627760_LA93_IGN69.laz'
+# From the tile's SOURCES.md (counted by IGN's own tools, not by laspy).
+CODE_COUNTS = {1: 4783, 2: 33568, 3: 379, 4: 933, 5: 12154, 6: 4148, 64: 70}
+
+
+def test_a_real_tile_reads_as_laspy_reads_it():
+    tile = read_tile(TILE)
+    reference = laspy.read(TILE)
+    xyz = np.stack([reference.x, reference.y, reference.z], axis=1)
+    assert len(tile.points) == 56035 == len(xyz)
+    # Recentred on a whole metre, in float64: exact to the file's 1 cm.
+    assert np.all(tile.origin == np.floor(xyz.min(axis=0)))
+    np.testing.assert_allclose(tile.points + tile.origin, xyz, rtol=0,
+                               atol=1e-9)
+    assert tile.points.min() >= 0 and tile.points[:, :2].max() < 51
+    assert tile.feature_names == ('intensity', 'return_number',
+                                  'number_of_returns')  # RGB all zero: left out
+    np.testing.assert_array_equal(tile.features[:, 0], reference.intensity)
+    np.testing.assert_array_equal(tile.features[:, 1], reference.return_number)
+    values, counts = np.unique(tile.codes, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist())) == CODE_COUNTS
+
+
+def test_codes_map_to_labels_and_unknown_codes_are_counted(caplog):
+    codes = np.array([2, 6, 1, 64, 5, 64, 3, 4])
+    with caplog.at_level(logging.WARNING):
+        labels = map_classes(codes, ASPRS_CLASS_MAP, -1, 'a.laz')
+    assert labels.tolist() == [0, 4, -1, -1, 3, -1, 1, 2]
+    assert 'a.laz: ASPRS codes not in the class map, ignored: ' \
+        '1: 1 points, 64: 2 points' in caplog.text
+    assert labels_to_codes(np.array([0, 4, 3, 1, 2]), ASPRS_CLASS_MAP).tolist() \
+        == [2, 6, 5, 3, 4]
+
+
+@pytest.mark.parametrize('class_map, message', [
+    ({'ground': 0}, "key 'ground' is not an ASPRS class code"),
+    ({300: 0}, 'key 300 is not an ASPRS class code'),
+    ({2: 5}, r'dataset.class_map.2: label 5 is out of range 0..4'),
+    ({2: -1}, r'label -1 is out of range'),
+])
+def test_bad_class_maps_name_the_key(class_map, message):
+    with pytest.raises(ValueError, match=message):
+        check_class_map(class_map, 5)
+    assert check_class_map({'2': 0, 6: 4}, 5) == {2: 0, 6: 4}
+
+
+def test_the_classified_copy_keeps_every_point_and_field(tmp_path):
+    source = tmp_path / 'tile.laz'
+    shutil.copy(TILE, source)
+    before = source.read_bytes()
+    rng = np.random.default_rng(0)
+    codes = rng.choice([2, 3, 6], size=56035).astype(np.uint8)
+    probability = rng.random(56035).astype(np.float32)
+    target = write_classified(source, tmp_path / 'out' / 'tile.laz', codes,
+                              probability)
+    assert source.read_bytes() == before  # the original is untouched
+    original, written = laspy.read(source), laspy.read(target)
+    assert written.header.point_format.id == original.header.point_format.id
+    for name in original.point_format.dimension_names:
+        if name != 'classification':
+            np.testing.assert_array_equal(written[name], original[name],
+                                          err_msg=name)
+    np.testing.assert_array_equal(written.classification, codes)
+    np.testing.assert_array_equal(written['probability'], probability)
+    with pytest.raises(LasError, match='would overwrite the original'):
+        write_classified(source, source, codes, probability)
+
+
+def test_bad_files_are_named(tmp_path):
+    text = tmp_path / 'notes.las'
+    text.write_text('x y z\n1 2 3\n')
+    with pytest.raises(LasError, match=f'{text}: not a readable LAS/LAZ file'):
+        read_tile(text)
+    cut = tmp_path / 'cut.laz'
+    cut.write_bytes(TILE.read_bytes()[:len(TILE.read_bytes()) // 3])
+    with pytest.raises(LasError, match=f'{cut}: '):
+        read_tile(cut)
+    empty = tmp_path / 'empty.las'
+    laspy.create(point_format=1, file_version='1.2').write(empty)
+    with pytest.raises(LasError, match=f'{empty}: the file holds no point'):
+        read_tile(empty)
+    with pytest.raises(LasError, match="point format 8 has no \\['nir_x'\\]"):
+        read_tile(TILE, features=('intensity', 'nir_x'))

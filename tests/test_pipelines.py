@@ -4,12 +4,10 @@ import math
 import re
 
 import pytest
-from open3d._ml3d.datasets import S3DIS
 from open3d._ml3d.utils import Config, get_module
 
 from conftest import TINY_MODEL
-from tiny_training import write_cached_s3dis
-from ncm_plugin.models import NCMKPFCNN
+from tiny_training import make_pipeline, write_cached_s3dis
 from ncm_plugin.training.pipeline import (DegenerateSpheresError,
                                           NCMSemanticSegmentation, check_spheres)
 
@@ -18,22 +16,6 @@ from ncm_plugin.training.pipeline import (DegenerateSpheresError,
 def cached_s3dis(tmp_path_factory):
     """Two rooms per area in the stock S3DIS cache format (original_pkl)."""
     return write_cached_s3dis(tmp_path_factory.mktemp('s3dis'))
-
-
-def make_pipeline(root, tmp_path, sampler='SharedSpatiallyRegularSampler',
-                  **pipeline):
-    dataset = S3DIS(dataset_path=str(root), test_area_idx=5, use_cache=False,
-                    sampler={'name': sampler},
-                    steps_per_epoch_train=6, steps_per_epoch_valid=2)
-    model = NCMKPFCNN(**{**TINY_MODEL, 'num_classes': 13,
-                         'lbl_values': list(range(13))})
-    settings = dict(batch_size=2, val_batch_size=2, max_epoch=0,
-                    main_log_dir=str(tmp_path / 'logs'), device='cpu',
-                    learning_rate=0.01, momentum=0.9, weight_decay=0.0,
-                    deform_lr_factor=0.1, scheduler_gamma=0.9,
-                    save_ckpt_freq=1, train_sum_dir='tb')
-    settings.update(pipeline)
-    return NCMSemanticSegmentation(model, dataset, **settings)
 
 
 def test_pipeline_is_registered():

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_pipelines import make_pipeline
-from tiny_training import write_cached_s3dis
+from tiny_training import make_pipeline, write_cached_s3dis
 from ncm_plugin.training.samplers import (WORKER_START_METHOD, SphereRequest,
                                           SphereRequests)
 

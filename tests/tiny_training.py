@@ -61,3 +61,25 @@ def start_run(config, cwd, log_path, env=None, args=()):
     return subprocess.Popen([sys.executable, str(SCRIPT), 'torch', '-c',
                              str(config), *map(str, args)], cwd=cwd,
                             stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def make_pipeline(root, tmp_path, sampler='SharedSpatiallyRegularSampler',
+                  **pipeline):
+    """A tiny NCMSemanticSegmentation object on the rooms of
+    write_cached_s3dis(root), logging under tmp_path."""
+    from open3d._ml3d.datasets import S3DIS
+
+    from ncm_plugin.models import NCMKPFCNN
+    from ncm_plugin.training.pipeline import NCMSemanticSegmentation
+    dataset = S3DIS(dataset_path=str(root), test_area_idx=5, use_cache=False,
+                    sampler={'name': sampler},
+                    steps_per_epoch_train=6, steps_per_epoch_valid=2)
+    model = NCMKPFCNN(**{**TINY_MODEL, 'num_classes': 13,
+                         'lbl_values': list(range(13))})
+    settings = dict(batch_size=2, val_batch_size=2, max_epoch=0,
+                    main_log_dir=str(tmp_path / 'logs'), device='cpu',
+                    learning_rate=0.01, momentum=0.9, weight_decay=0.0,
+                    deform_lr_factor=0.1, scheduler_gamma=0.9,
+                    save_ckpt_freq=1, train_sum_dir='tb')
+    settings.update(pipeline)
+    return NCMSemanticSegmentation(model, dataset, **settings)

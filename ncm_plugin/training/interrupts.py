@@ -9,8 +9,10 @@ atomic, so that is safe too).
 """
 import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ class StepHook:
     not set."""
 
     def __init__(self, environ=None):
-        import os
         value = (os.environ if environ is None else environ).get(STEP_HOOK_ENV)
         self.action = None
         if value:
@@ -83,8 +84,6 @@ class StepHook:
     def after_step(self, epoch, step):
         if self.action is None or (epoch, step) != self.at:
             return
-        import os
-        import time
         log.warning("%s: %s after step %d of epoch %d", STEP_HOOK_ENV,
                     self.action, step, epoch)
         if self.action == 'HANG':

@@ -53,7 +53,8 @@ from .interrupts import StepHook, StopRequest
 from .options import PipelineOptions
 from .precision import MixedPrecision
 from .samplers import (SharedSpatiallyRegularSampler, SphereDataset,
-                       SphereRequests, worker_context, worker_init)
+                       SphereRequests, preprocessed_cloud, worker_context,
+                       worker_init)
 from .totals import EpochTiming, EpochTotals, NonFiniteLoss
 from .watchdog import Watchdog
 
@@ -110,14 +111,12 @@ def points_inside(loader, attrs, centres, radius):
 
     attrs: the batch's items' attributes (one sphere each); centres [S, 3]
     in the cloud's coordinates. The clouds are read as the model
-    preprocessed them (the cache, or the preprocess), once per check."""
-    split = loader.dataset
+    preprocessed them, once per check."""
+    split = loader.dataset.dataset
+    index_of = {split.get_attr(i)['name']: i for i in range(len(split))}
     counts = []
     for attr, centre in zip(attrs, centres):
-        if split.cache_convert:
-            data = split.cache_convert(attr['name'])
-        else:
-            data = split.preprocess(split.dataset.get_data(attr['idx']), attr)
+        data = preprocessed_cloud(loader.dataset, index_of[attr['name']])
         found = data['search_tree'].query_radius(
             np.asarray(centre, dtype=np.float64).reshape(1, 3), r=radius)[0]
         counts.append(len(found))

@@ -84,6 +84,18 @@ class Coverage:
         return cls([p.numpy().copy() for p in state['possibilities']])
 
 
+def preprocessed_cloud(torch_split, index):
+    """Cloud `index` of a TorchDataloader's split as the model preprocessed
+    it: from Open3D-ML's cache, or by the preprocess."""
+    split = torch_split.dataset
+    attr = split.get_attr(index)
+    if torch_split.cache_convert:
+        return torch_split.cache_convert(attr['name'])
+    if torch_split.preprocess:
+        return torch_split.preprocess(split.get_data(index), attr)
+    return split.get_data(index)
+
+
 def sphere_seed(seed, epoch, number):
     """Seed of sphere `number` of `epoch`: the same whichever process loads
     it."""
@@ -122,10 +134,20 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
     """
 
     def initialize_with_dataloader(self, dataloader):
-        super().initialize_with_dataloader(dataloader)
+        """As the stock sampler (a small random initial coverage per point,
+        drawn cloud by cloud), keeping for the training splits each cloud's
+        points and search tree, to choose spheres: every cloud is read
+        once."""
+        self.length = len(dataloader)
+        keep = self.split in TRAINING_SPLITS
+        self._clouds, self.possibilities = [], []
+        for index in range(len(self.dataset)):
+            data = preprocessed_cloud(dataloader, index)
+            if keep:
+                self._clouds.append((data['point'], data['search_tree']))
+            self.possibilities.append(np.random.rand(len(data['point'])) * 1e-3)
+        self.min_possibilities = [float(p.min()) for p in self.possibilities]
         self.coverage = Coverage(self.possibilities)
-        self._loader = dataloader
-        self._clouds = {}
         self.seed, self.epoch, self.drawn = 0, 0, 0
         self.sphere = None
 
@@ -139,15 +161,7 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
         self.epoch, self.drawn = int(epoch), 0
 
     def _cloud(self, cloud):
-        """(points [N, 3], search tree) of a preprocessed cloud, kept."""
-        if cloud not in self._clouds:
-            attr = self.dataset.get_attr(cloud)
-            if self._loader.cache_convert:
-                data = self._loader.cache_convert(attr['name'])
-            else:
-                data = self._loader.preprocess(self.dataset.get_data(cloud),
-                                               attr)
-            self._clouds[cloud] = (data['point'], data['search_tree'])
+        """(points [N, 3], search tree) of a preprocessed training cloud."""
         return self._clouds[cloud]
 
     def next_request(self):
@@ -251,8 +265,8 @@ class SphereTransform:
 
 def data_model(model):
     """A shallow copy of `model` without parameters, buffers, weighted
-    submodules or tensors: what a worker needs to run the model's preprocess and transform
-    (its cfg and methods), cheap to send to it and never on a GPU."""
+    submodules or tensors: what a worker needs to run the model's preprocess
+    and transform (its cfg and methods), cheap to send, never on a GPU."""
     bare = type(model).__new__(type(model))
     bare.__dict__.update({key: value for key, value in model.__dict__.items()
                           if not isinstance(value, torch.Tensor)})

@@ -8,12 +8,14 @@ trains --epochs epochs (training + validation, no checkpoint in between);
 the figures are of the epochs after the first (worker start-up and caches
 warm), and the variants run in turn --repeats times (medians).
 """
+import dataclasses
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from ...config import load_config, resolve_config
+from ...training.options import PipelineOptions
 from ..runner import build
 
 # (name, num_workers or None for the stock pipeline, NCM weight or None for
@@ -38,10 +40,9 @@ def variant_config(config, dataset_path, workers, epochs, log_dir,
         cfg['model']['ncm']['weight'] = ncm_weight
     if workers is None:  # Open3D-ML's own pipeline, model and sampler
         cfg['pipeline']['name'] = 'SemanticSegmentation'
-        for key in ('test_after_train', 'keep_checkpoints',
-                    'amp', 'sync_batchnorm', 'find_unused_parameters',
-                    'step_timeout', 'check_every', 'deterministic'):
-            cfg['pipeline'].pop(key, None)
+        for option in dataclasses.fields(PipelineOptions):
+            cfg['pipeline'].pop(option.name, None)
+        cfg['pipeline']['num_workers'] = 0  # stock default 2 overflows
         cfg['model']['name'] = 'KPFCNN'
         cfg['model'].pop('ncm', None)
         cfg['dataset']['sampler'] = {'name': 'SemSegSpatiallyRegularSampler'}

@@ -23,6 +23,7 @@ centres from the first sphere on. Sharding clouds between ranks instead
 would unbalance ranks (rooms differ by 100x in size) and fails when there
 are fewer clouds than ranks.
 """
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -184,3 +185,15 @@ def wait_for_all(hours=24):
     a gloo group of its own, created here by every rank at once."""
     group = dist.new_group(backend='gloo', timeout=timedelta(hours=hours))
     dist.barrier(group=group)
+
+
+@contextlib.contextmanager
+def rank_zero_first(ranks):
+    """Rank 0 runs the block first, the other ranks after it: for work that
+    writes shared files non-atomically (Open3D-ML's preprocessing cache,
+    which every rank would otherwise write, and read half-written)."""
+    if ranks.distributed and not ranks.primary:
+        wait_for_all()
+    yield
+    if ranks.distributed and ranks.primary:
+        wait_for_all()

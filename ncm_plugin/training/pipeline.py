@@ -480,10 +480,11 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             self.loss = SemSegLoss(self, self.model, self.dataset, self.device)
             self.metric_train, self.metric_val = SemSegMetric(), SemSegMetric()
             self.local_confusion = {}
-            train_loader, train_sampler = self._loader(
-                'train', cfg.batch_size, 'steps_per_epoch_train')
-            valid_loader, valid_sampler = self._loader(
-                'validation', cfg.val_batch_size, 'steps_per_epoch_valid')
+            with distributed.rank_zero_first(self.ranks):
+                train_loader, train_sampler = self._loader(
+                    'train', cfg.batch_size, 'steps_per_epoch_train')
+                valid_loader, valid_sampler = self._loader(
+                    'validation', cfg.val_batch_size, 'steps_per_epoch_valid')
             self._samplers = {'train': train_sampler, 'valid': valid_sampler}
             first_epoch, skip = self._resume()
             self.train_model = self._wrap_model()

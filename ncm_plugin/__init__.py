@@ -2,7 +2,8 @@
 
 Importing the package registers its classes into Open3D-ML's registries:
 the model NCMKPFCNN, the pipeline NCMSemanticSegmentation, the sampler
-SharedSpatiallyRegularSampler and the datasets in `ncm_plugin.datasets`.
+SharedSpatiallyRegularSampler and the datasets in `ncm_plugin.datasets`
+(S3DIS, ScanNet, Semantic3D, LAS/LAZ tiles).
 Open3D-ML itself fills its registries lazily, so the stock modules are
 imported explicitly here as well.
 """

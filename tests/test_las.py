@@ -31,8 +31,13 @@ def test_a_real_tile_reads_as_laspy_reads_it():
     assert tile.points.min() >= 0 and tile.points[:, :2].max() < 51
     assert tile.feature_names == ('intensity', 'return_number',
                                   'number_of_returns')  # RGB all zero: left out
-    np.testing.assert_array_equal(tile.features[:, 0], reference.intensity)
-    np.testing.assert_array_equal(tile.features[:, 1], reference.return_number)
+    # Scaled by the default divisors (2000, 5, 5): near 0..1.
+    np.testing.assert_allclose(tile.features[:, 0] * 2000, reference.intensity,
+                               rtol=1e-6)
+    np.testing.assert_allclose(tile.features[:, 1] * 5,
+                               reference.return_number, rtol=1e-6)
+    np.testing.assert_allclose(tile.features[:, 2] * 5,
+                               reference.number_of_returns, rtol=1e-6)
     values, counts = np.unique(tile.codes, return_counts=True)
     assert dict(zip(values.tolist(), counts.tolist())) == CODE_COUNTS
 
@@ -40,24 +45,24 @@ def test_a_real_tile_reads_as_laspy_reads_it():
 def test_codes_map_to_labels_and_unknown_codes_are_counted(caplog):
     codes = np.array([2, 6, 1, 64, 5, 64, 3, 4])
     with caplog.at_level(logging.WARNING):
-        labels = map_classes(codes, ASPRS_CLASS_MAP, -1, 'a.laz')
-    assert labels.tolist() == [0, 4, -1, -1, 3, -1, 1, 2]
+        labels = map_classes(codes, ASPRS_CLASS_MAP, 'a.laz')
+    assert labels.tolist() == [1, 5, 0, 0, 4, 0, 2, 3]
     assert 'a.laz: ASPRS codes not in the class map, ignored: ' \
         '1: 1 points, 64: 2 points' in caplog.text
-    assert labels_to_codes(np.array([0, 4, 3, 1, 2]), ASPRS_CLASS_MAP).tolist() \
-        == [2, 6, 5, 3, 4]
+    assert labels_to_codes(np.array([1, 5, 4, 2, 3, 0]),
+                           ASPRS_CLASS_MAP).tolist() == [2, 6, 5, 3, 4, 1]
 
 
 @pytest.mark.parametrize('class_map, message', [
-    ({'ground': 0}, "key 'ground' is not an ASPRS class code"),
-    ({300: 0}, 'key 300 is not an ASPRS class code'),
-    ({2: 5}, r'dataset.class_map.2: label 5 is out of range 0..4'),
+    ({'ground': 1}, "key 'ground' is not an ASPRS class code"),
+    ({300: 1}, 'key 300 is not an ASPRS class code'),
+    ({2: 6}, r'dataset.class_map.2: label 6 is out of range 0..5'),
     ({2: -1}, r'label -1 is out of range'),
 ])
 def test_bad_class_maps_name_the_key(class_map, message):
     with pytest.raises(ValueError, match=message):
         check_class_map(class_map, 5)
-    assert check_class_map({'2': 0, 6: 4}, 5) == {2: 0, 6: 4}
+    assert check_class_map({'2': 1, 6: 5}, 5) == {2: 1, 6: 5}
 
 
 def test_the_classified_copy_keeps_every_point_and_field(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from open3d._ml3d.utils import get_module
 
 from conftest import tiny_run_overrides, train_then_test
+from ncm_plugin.datasets import grid
 from ncm_plugin.datasets.semantic3d import convert as semantic3d_convert
 from ncm_plugin.datasets.semantic3d.loader import RobustSemantic3D
 from ncm_plugin.datasets.semantic3d.convert import (ScanFiles, convert_semantic3d, read_raw_scan,
@@ -68,7 +69,7 @@ ROWS = ['0.010 0.020 0.030 -1200 10 20 30', '0.020 0.030 0.040 -1100 30 40 50',
 
 # -- conversion -----------------------------------------------------------------
 def test_grid_is_the_barycentre_and_majority_label_of_each_cell(raw, tmp_path, monkeypatch):
-    monkeypatch.setattr(semantic3d_convert, 'MERGE_MIN_CELLS', 500)  # many merges
+    monkeypatch.setattr(grid, 'MERGE_MIN_CELLS', 500)  # many merges
     convert_semantic3d(raw, tmp_path, grid_size=GRID, chunk_rows=997)
     values = np.loadtxt(raw / f'{TRAIN}.txt')
     labels = np.loadtxt(raw / f'{TRAIN}.labels', dtype=int)

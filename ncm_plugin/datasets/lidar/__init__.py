@@ -1,2 +1,3 @@
 """Airborne LiDAR tiles (LAS/LAZ, ASPRS classes): reading and writing
-(las.py). The registered dataset and its grid conversion are to come."""
+(las.py), the grid conversion (convert.py), the settings that shape it
+(settings.py) and the registered dataset LASDataset (loader.py)."""

@@ -1,10 +1,14 @@
 """LAS/LAZ tiles of airborne LiDAR: reading points, features and ASPRS
-classes with laspy, mapping the classes to a model's labels, and writing a
+classes with laspy (streamed in chunks: a 1 km tile holds tens of millions
+of points), mapping the classes to a model's labels, and writing a
 classified copy of a tile.
 
 Coordinates come back in float64 and are recentred on the tile's own
-reference point (its bounding-box minimum, rounded down to a metre): the
+reference point (its header's minimum, rounded down to a metre): the
 Lambert-93 values around 7e5 / 6e6 lose centimetres in float32.
+
+Labels follow Open3D-ML's convention for data with unlabelled points
+(Semantic3D): 0 is ignored, the classes are 1..K.
 """
 import logging
 from pathlib import Path
@@ -12,25 +16,42 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 # ASPRS / IGN LiDAR HD codes -> labels of the default class map; every other
 # code (1 unclassified, 7 noise, 9 water, 17 bridge, 64-66 IGN's structures
-# and artefacts, ...) is ignored.
-ASPRS_CLASS_MAP = {2: 0, 3: 1, 4: 2, 5: 3, 6: 4}
-ASPRS_CLASS_NAMES = {0: 'ground', 1: 'low vegetation', 2: 'medium vegetation',
-                     3: 'high vegetation', 4: 'building'}
+# and artefacts, ...) is label 0, ignored.
+ASPRS_CLASS_MAP = {2: 1, 3: 2, 4: 3, 5: 4, 6: 5}
+ASPRS_CLASS_NAMES = ('ground', 'low vegetation', 'medium vegetation',
+                     'high vegetation', 'building')
+IGNORED_LABEL = 0
 DEFAULT_FEATURES = ('intensity', 'return_number', 'number_of_returns')
+# Divisors that bring IGN LiDAR HD's features near 0..1 (intensity up to a
+# few thousand, up to 5-7 returns); a feature not listed is not scaled.
+DEFAULT_FEATURE_SCALE = {'intensity': 2000.0, 'return_number': 5.0,
+                         'number_of_returns': 5.0}
 COLOUR = ('red', 'green', 'blue')
+COLOUR_SCALE = 65535.0  # LAS colour channels are 16-bit
+CHUNK_POINTS = 1_000_000
 
 
 class LasError(ValueError):
     """A tile that cannot be used, named in the message."""
 
 
+class Chunk(NamedTuple):
+    """Consecutive points of a tile: points [n, 3] float64 relative to the
+    tile's origin, features [n, F] float32 (scaled), ASPRS codes [n]."""
+    points: np.ndarray
+    features: np.ndarray
+    codes: np.ndarray
+
+
 class Tile(NamedTuple):
     """One tile: points [N, 3] float64 relative to `origin` [3] float64,
-    features [N, F] float32 (in `feature_names` order), ASPRS codes [N]."""
+    features [N, F] float32 (in `feature_names` order, scaled), ASPRS codes [N]."""
     path: Path
     points: np.ndarray
     origin: np.ndarray
@@ -39,20 +60,113 @@ class Tile(NamedTuple):
     codes: np.ndarray
 
 
+def _bad_file(path, error):
+    return LasError(f"{path}: not a readable LAS/LAZ file ({error})")
+
+
+class TileReader:
+    """A LAS/LAZ file opened for streaming: its header checked, its origin and
+    the features it gives (`feature_names`) known before any point is read.
+
+    colour: 'auto' (red/green/blue appended when the point format has them;
+    the caller drops them if they turn out all zero), True (required), False.
+    """
+
+    def __init__(self, path, features=DEFAULT_FEATURES, colour='auto',
+                 feature_scale=None):
+        import laspy
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such LAS/LAZ file")
+        try:
+            with laspy.open(self.path) as reader:
+                self.header = reader.header
+        except Exception as error:  # laspy raises several types for bad files
+            raise _bad_file(self.path, error) from error
+        self.point_count = int(self.header.point_count)
+        if self.point_count == 0:
+            raise LasError(f"{self.path}: the file holds no point")
+        names = set(self.header.point_format.dimension_names)
+        missing = [name for name in features if name not in names]
+        if missing:
+            raise LasError(
+                f"{self.path}: point format {self.header.point_format.id} has "
+                f"no {missing} (it has {sorted(names)}); choose other "
+                f"dataset features")
+        has_colour = all(c in names for c in COLOUR)
+        if colour is True and not has_colour:
+            raise LasError(f"{self.path}: point format "
+                           f"{self.header.point_format.id} has no colour "
+                           f"(dataset.colour is true)")
+        self.features = tuple(features)
+        self.feature_names = self.features + (
+            COLOUR if colour and has_colour else ())
+        scale = dict(DEFAULT_FEATURE_SCALE if feature_scale is None
+                     else feature_scale)
+        scale.update({c: COLOUR_SCALE for c in COLOUR})
+        self.scales = np.array([scale.get(n, 1.0) for n in self.feature_names],
+                               dtype=np.float32)
+        self.origin = np.floor(np.asarray(self.header.mins, dtype=np.float64))
+
+    def chunks(self, chunk_points=CHUNK_POINTS):
+        """Chunks in file order; a file cut short is a LasError naming it."""
+        import laspy
+        read = 0
+        try:
+            with laspy.open(self.path) as reader:
+                for record in reader.chunk_iterator(chunk_points):
+                    if len(record) == 0:
+                        break
+                    read += len(record)
+                    yield self._chunk(record)
+        except LasError:
+            raise
+        except Exception as error:
+            raise LasError(f"{self.path}: unreadable after {read} of "
+                           f"{self.point_count} points ({error}); the file "
+                           f"is damaged or cut short") from error
+        if read != self.point_count:
+            raise LasError(f"{self.path}: the header announces "
+                           f"{self.point_count} points, the file holds "
+                           f"{read} (cut short?)")
+
+    def _chunk(self, record):
+        xyz = np.stack([np.asarray(record.x), np.asarray(record.y),
+                        np.asarray(record.z)], axis=1) - self.origin
+        columns = [np.asarray(record[name], dtype=np.float32)
+                   for name in self.feature_names]
+        features = (np.stack(columns, axis=1) / self.scales if columns else
+                    np.zeros((len(xyz), 0), dtype=np.float32))
+        return Chunk(xyz, features.astype(np.float32),
+                     np.asarray(record.classification, dtype=np.int64))
+
+
+def read_tile(path, features=DEFAULT_FEATURES, colour='auto',
+              feature_scale=None, chunk_points=CHUNK_POINTS):
+    """A whole Tile (for small tiles and checks; conversion streams), with
+    'auto' colour dropped when it is all zero."""
+    reader = TileReader(path, features, colour, feature_scale)
+    chunks = list(reader.chunks(chunk_points))
+    features = np.concatenate([c.features for c in chunks])
+    names = reader.feature_names
+    if colour == 'auto' and names[-3:] == COLOUR and not features[:, -3:].any():
+        features, names = features[:, :-3], names[:-3]
+    return Tile(reader.path, np.concatenate([c.points for c in chunks]),
+                reader.origin, features, names,
+                np.concatenate([c.codes for c in chunks]))
+
+
 def open_las(path):
-    """laspy's LasData of `path`, with one clear error for a file that is not
-    LAS/LAZ, is cut short, or holds no point."""
+    """laspy's LasData of a whole file (for writing a classified copy), with
+    one clear error for a file that is not LAS/LAZ or is cut short."""
     import laspy
     path = Path(path)
     try:
         data = laspy.read(path)
     except FileNotFoundError:
         raise
-    except Exception as error:  # laspy raises several types for bad files
-        raise LasError(f"{path}: not a readable LAS/LAZ file ({error})") \
-            from error
-    if data.header.point_count == 0 or len(data.points) == 0:
-        raise LasError(f"{path}: the file holds no point")
+    except Exception as error:
+        raise _bad_file(path, error) from error
     if len(data.points) != data.header.point_count:
         raise LasError(f"{path}: the header announces "
                        f"{data.header.point_count} points, the file holds "
@@ -60,43 +174,9 @@ def open_las(path):
     return data
 
 
-def tile_origin(xyz):
-    """The tile's reference point: its minimum, rounded down to a metre."""
-    return np.floor(xyz.min(axis=0))
-
-
-def read_tile(path, features=DEFAULT_FEATURES, colour='auto'):
-    """A Tile with `features` (names of laspy dimensions) and, with colour
-    'auto', red/green/blue when the point format has them and they are not
-    all zero (scaled to 0..1), appended after them."""
-    data = open_las(path)
-    names = set(data.point_format.dimension_names)
-    missing = [name for name in features if name not in names]
-    if missing:
-        raise LasError(
-            f"{path}: point format {data.point_format.id} has no "
-            f"{missing} (it has {sorted(names)}); choose other "
-            f"dataset features")
-    xyz = np.stack([np.asarray(data.x), np.asarray(data.y),
-                    np.asarray(data.z)], axis=1)
-    origin = tile_origin(xyz)
-    columns = [np.asarray(data[name], dtype=np.float32) for name in features]
-    feature_names = tuple(features)
-    if colour == 'auto' and all(c in names for c in COLOUR):
-        rgb = np.stack([np.asarray(data[c], dtype=np.float32) for c in COLOUR],
-                       axis=1)
-        if rgb.any():
-            columns += list((rgb / max(float(rgb.max()), 1.0)).T)
-            feature_names += COLOUR
-    features = (np.stack(columns, axis=1) if columns
-                else np.zeros((len(xyz), 0), dtype=np.float32))
-    return Tile(Path(path), xyz - origin, origin, features, feature_names,
-                np.asarray(data.classification, dtype=np.int64))
-
-
 def check_class_map(class_map, num_classes, where='dataset.class_map'):
-    """{ASPRS code: label} with int codes 0..255 and labels 0..num_classes-1;
-    raises ValueError naming the bad key or label."""
+    """{ASPRS code: label} with int codes 0..255 and labels 0..num_classes
+    (0 = ignored); raises ValueError naming the bad key or label."""
     checked = {}
     for code, label in dict(class_map).items():
         try:
@@ -108,28 +188,38 @@ def check_class_map(class_map, num_classes, where='dataset.class_map'):
             raise ValueError(f"{where}: key {code!r} is not an ASPRS class "
                              f"code (an integer 0..255)")
         if not isinstance(label, int) or isinstance(label, bool) or \
-                not 0 <= label < num_classes:
+                not 0 <= label <= num_classes:
             raise ValueError(f"{where}.{code_int}: label {label!r} is out of "
-                             f"range 0..{num_classes - 1} (num_classes "
-                             f"{num_classes})")
+                             f"range 0..{num_classes} (0 = ignored, then the "
+                             f"{num_classes} classes)")
         checked[code_int] = label
     return checked
 
 
-def map_classes(codes, class_map, ignored_label, path=None):
-    """Labels [N] of ASPRS codes [N]: class_map's label, or ignored_label for
-    a code not in it (one warning per call, with the count of each such
-    code)."""
-    table = np.full(256, ignored_label, dtype=np.int64)
+def class_table(class_map):
+    """[256] label of every ASPRS code (0 = ignored for unmapped codes)."""
+    table = np.full(256, IGNORED_LABEL, dtype=np.int64)
     for code, label in class_map.items():
         table[code] = label
-    unknown = ~np.isin(codes, list(class_map))
-    if unknown.any():
-        values, counts = np.unique(codes[unknown], return_counts=True)
-        log.warning("%s: ASPRS codes not in the class map, ignored: %s",
-                    path or 'tile', ', '.join(f"{v}: {c} points" for v, c in
-                                              zip(values, counts)))
-    return table[codes]
+    return table
+
+
+def warn_unknown_codes(path, code_counts, class_map):
+    """One warning per tile, with the points of each code the map ignores
+    (code_counts [256])."""
+    unknown = [(code, int(count)) for code, count in enumerate(code_counts)
+               if count and code not in class_map]
+    if unknown:
+        log.warning("%s: ASPRS codes not in the class map, ignored: %s", path,
+                    ', '.join(f"{code}: {count} points"
+                              for code, count in unknown))
+
+
+def map_classes(codes, class_map, path='tile'):
+    """Labels [N] of ASPRS codes [N]: class_map's label, or 0 (ignored) for
+    a code not in it (one warning, with the count of each such code)."""
+    warn_unknown_codes(path, np.bincount(codes, minlength=256), class_map)
+    return class_table(class_map)[codes]
 
 
 def labels_to_codes(labels, class_map, unknown_code=1):
@@ -150,7 +240,9 @@ def write_classified(source, target, codes, probability):
     """A copy of tile `source` at `target` (.las or .laz) with every point and
     every field of the original, the classification replaced by `codes`
     [N] and the probability of the predicted class [N] in an extra byte
-    dimension `probability` (float32). The source is not modified."""
+    dimension `probability` (float32). The source is not modified; the
+    target appears whole or not at all. (The tile is held in memory: ~40
+    bytes a point.)"""
     import laspy
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
@@ -167,5 +259,6 @@ def write_classified(source, target, codes, probability):
     data.classification = np.asarray(codes, dtype=np.uint8)
     data['probability'] = np.asarray(probability, dtype=np.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
-    data.write(target)
+    with atomic_path(target) as tmp, open(tmp, 'wb') as out:
+        data.write(out, do_compress=target.suffix.lower() == '.laz')
     return target

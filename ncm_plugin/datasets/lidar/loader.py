@@ -1,0 +1,191 @@
+"""``LASDataset``: a folder of classified airborne LiDAR tiles (LAS/LAZ,
+ASPRS codes) as an Open3D-ML dataset; test predictions come back as
+classified copies of the tiles.
+
+On construction every tile of the three splits is converted once to the
+training grid (convert.py) into ``<cache_dir>/las_grid_<grid>``; a tile whose
+file or settings changed is converted again. ``get_data`` then loads arrays.
+
+Splits: ``train_files``, ``val_files`` and ``test_files`` are lists of file
+names or glob patterns relative to ``dataset_path`` (``*.las``/``*.laz``);
+by default every tile that is neither validation nor test is a training
+tile. Labels: 0 ignored (``ignored_label_inds: [0]``), 1..K the classes of
+``class_names``, from ``class_map`` (settings.py).
+"""
+import fnmatch
+import logging
+from pathlib import Path
+
+import numpy as np
+from open3d._ml3d.datasets.base_dataset import BaseDataset, BaseDatasetSplit
+from open3d._ml3d.utils import DATASET
+
+from .convert import conversion_folder, convert_tiles, output_paths
+from .las import COLOUR, labels_to_codes, write_classified
+from .settings import LidarSettings
+
+log = logging.getLogger(__name__)
+
+SPLITS = {'train': ('train', 'training'), 'val': ('val', 'validation', 'valid'),
+          'test': ('test', 'testing')}
+SUFFIXES = ('.las', '.laz')
+
+
+def find_tiles(folder):
+    """Every .las/.laz file of `folder` (not recursive), sorted."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in SUFFIXES)
+
+
+def select(tiles, patterns, key):
+    """The tiles matching any of `patterns` (names or globs); a pattern that
+    matches nothing is an error naming `key`."""
+    if isinstance(patterns, str):
+        raise TypeError(f"dataset.{key} must be a list of file names or "
+                        f"patterns, got the string {patterns!r}")
+    chosen = []
+    for pattern in patterns:
+        found = [t for t in tiles if fnmatch.fnmatch(t.name, pattern)
+                 or fnmatch.fnmatch(t.stem, pattern)]
+        if not found:
+            raise FileNotFoundError(f"dataset.{key}: {pattern!r} matches no "
+                                    f"LAS/LAZ file of dataset_path")
+        chosen += [t for t in found if t not in chosen]
+    return chosen
+
+
+def split_tiles(tiles, train_files, val_files, test_files):
+    """{'train': [...], 'val': [...], 'test': [...]}; a tile in two splits
+    is an error."""
+    val = select(tiles, val_files, 'val_files')
+    test = select(tiles, test_files, 'test_files')
+    both = sorted(t.name for t in set(val) & set(test))
+    train = (select(tiles, train_files, 'train_files') if train_files
+             is not None else [t for t in tiles
+                               if t not in val and t not in test])
+    for name, other in (('val_files', val), ('test_files', test)):
+        both += sorted(t.name for t in set(train) & set(other))
+        if both:
+            raise ValueError(f"dataset.train_files/{name}: {both[0]} is in "
+                             f"two splits")
+    return {'train': train, 'val': val, 'test': test}
+
+
+class LASDataset(BaseDataset):
+    """Airborne LiDAR tiles (LAS/LAZ) with ASPRS classification."""
+
+    def __init__(self, dataset_path, name='LASDataset',
+                 cache_dir='./logs/cache', use_cache=False, class_weights=(),
+                 ignored_label_inds=(0,), test_result_folder='./test',
+                 train_files=None, val_files=(), test_files=(), **kwargs):
+        if dataset_path is None or not Path(dataset_path).is_dir():
+            raise FileNotFoundError(f"LASDataset dataset_path "
+                                    f"{dataset_path!r} is not a folder of "
+                                    f"LAS/LAZ tiles")
+        super().__init__(dataset_path=dataset_path, name=name,
+                         cache_dir=cache_dir, use_cache=use_cache,
+                         class_weights=list(class_weights),
+                         ignored_label_inds=list(ignored_label_inds),
+                         test_result_folder=test_result_folder,
+                         train_files=train_files, val_files=list(val_files),
+                         test_files=list(test_files), **kwargs)
+        self.settings = LidarSettings.from_config(self.cfg)
+        self.label_to_names = self.get_label_to_names()
+        self.num_classes = self.settings.num_classes
+        tiles = find_tiles(dataset_path)
+        if not tiles:
+            raise FileNotFoundError(f"{dataset_path}: no .las or .laz file")
+        self.splits = split_tiles(tiles, train_files, val_files, test_files)
+        used = [t for split in self.splits.values() for t in split]
+        self.folder = conversion_folder(cache_dir, self.settings)
+        self.meta = convert_tiles(used, self.folder, self.settings)
+        self.feature_columns = self._feature_columns()
+        log.info('%s: %s tiles for train/val/test, features %s', dataset_path,
+                 '/'.join(str(len(self.splits[k])) for k in SPLITS),
+                 self.feature_names)
+
+    def _feature_columns(self):
+        """Columns of the converted features the model gets: colour kept
+        when asked for, or with 'auto' when every tile has some."""
+        names = [m['feature_names'] for m in self.meta.values()]
+        columns = len(self.settings.features)
+        with_colour = all(n[-3:] == list(COLOUR) for n in names) and (
+            self.settings.colour is True or
+            (self.settings.colour == 'auto' and
+             all(m['colour_values'] for m in self.meta.values())))
+        self.feature_names = list(self.settings.features) + (
+            list(COLOUR) if with_colour else [])
+        return slice(0, columns + (3 if with_colour else 0))
+
+    def get_label_to_names(self):
+        return {0: 'ignored', **{i + 1: name for i, name in
+                                 enumerate(self.settings.class_names)}}
+
+    def get_split(self, split):
+        return LASDatasetSplit(self, split=split)
+
+    def get_split_list(self, split):
+        """Tile paths of a split."""
+        for key, aliases in SPLITS.items():
+            if split in aliases:
+                return list(self.splits[key])
+        if split == 'all':
+            return sum(self.splits.values(), [])
+        raise ValueError(f"Invalid split {split!r}: use one of "
+                         f"{sum(SPLITS.values(), ()) + ('all',)}")
+
+    def result_path(self, attr):
+        source = Path(attr['path'])
+        return Path(self.cfg.test_result_folder) / self.name / source.name
+
+    def is_tested(self, attr):
+        return self.result_path(attr).exists()
+
+    def save_test_result(self, results, attr):
+        """The classified copy of a test tile: every original point and
+        field, the prediction of its grid cell as ASPRS code, and the
+        probability of that prediction (`probability` extra bytes)."""
+        name, source = attr['name'], Path(attr['path'])
+        scores = np.asarray(results['predict_scores'], dtype=np.float32)
+        labels = np.asarray(results['predict_labels']) + 1  # class -> label
+        cells = self.meta[name]['points']
+        if len(labels) != cells or len(scores) != cells:
+            raise ValueError(f"{len(labels)} predictions for the {cells} grid "
+                             f"cells of {source}")
+        # The stock test loop averages softmax outputs with weights that do
+        # not sum to one: the probability is the predicted class's share.
+        probability = scores.max(axis=1) / np.maximum(scores.sum(axis=1),
+                                                       1e-12)
+        proj = np.load(output_paths(self.folder, name)['proj'])
+        codes = labels_to_codes(labels, self.settings.class_map)
+        path = write_classified(source, self.result_path(attr), codes[proj],
+                                probability[proj])
+        log.info('Saved %s (%d points classified)', path, len(proj))
+
+
+class LASDatasetSplit(BaseDatasetSplit):
+    """A split of LASDataset: ``get_data`` returns the stock keys."""
+
+    def __init__(self, dataset, split='training'):
+        super().__init__(dataset, split=split)
+        log.info('Found %d tiles for %s', len(self.path_list), split)
+
+    def __len__(self):
+        return len(self.path_list)
+
+    def get_data(self, idx):
+        """{'point' [M, 3] float32 (tile origin at 0), 'feat' [M, F],
+        'label' [M] int32}."""
+        paths = output_paths(self.dataset.folder, self.path_list[idx].stem)
+        return {'point': np.load(paths['points']),
+                'feat': np.load(paths['feat'])[:, self.dataset.feature_columns],
+                'label': np.load(paths['labels']).astype(np.int32)}
+
+    def get_attr(self, idx):
+        path = self.path_list[idx]
+        return {'idx': idx, 'name': path.stem, 'path': str(path),
+                'split': self.split}
+
+
+DATASET._register_module(LASDataset)

@@ -21,7 +21,8 @@ def cfg():
 def test_shipped_configs_pass():
     for name in ('ncm_kpconv_s3dis.yml', 'kpconv_deform_s3dis.yml',
                  'ncm_kpconv_scannet.yml', 'ncm_kpconv_semantic3d.yml',
-                 'ncm_kpconv_demo.yml'):
+                 'ncm_kpconv_demo.yml', 'ncm_kpconv_lidar.yml',
+                 'kpconv_deform_lidar.yml', 'ncm_kpconv_ign_lidarhd.yml'):
         check_config(load_config(resolve_config(name)), name)
 
 
@@ -80,6 +81,29 @@ def test_bad_dataset_settings_name_the_key(cfg, dataset, message):
     cfg['dataset'].update(dataset)
     with pytest.raises(ConfigError, match=message):
         check_config(cfg, CONFIG)
+
+
+LIDAR = resolve_config('ncm_kpconv_lidar.yml')
+
+
+@pytest.mark.parametrize('section, values, message', [
+    ('dataset', {'class_map': {2: 1, 6: 7}},
+     r'dataset.class_map.6: label 7 is out of range 0..5'),
+    ('dataset', {'class_names': ['ground', 'building']},
+     r'dataset.class_map.4: label 3 is out of range 0..2'),
+    ('model', {'num_classes': 4},
+     r'model.num_classes is 4 but dataset.class_names has 5 classes'),
+    ('model', {'ignored_label_inds': []}, 'model.ignored_label_inds must hold 0'),
+    ('model', {'lbl_values': [1, 2, 3, 4, 5]}, r'model.lbl_values must be \[0,'),
+    ('dataset', {'features': ['intensity']},
+     r'model.in_features_dim 5 does not fit the 1 feature'),
+    ('dataset', {'colour': 'yes'}, 'dataset.colour must be auto, true or false'),
+])
+def test_bad_lidar_settings_name_the_key(section, values, message):
+    cfg = copy.deepcopy(load_config(LIDAR))
+    cfg[section].update(values)
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg, LIDAR)
 
 
 def test_the_command_line_names_the_override_before_reading_data(tmp_path):

@@ -109,9 +109,10 @@ def test_dotted_overrides_are_typed_and_nested():
     assert cfg['dataset']['test_area_idx'] == 5
 
 
-def test_baseline_and_ncm_configs_differ_only_by_ncm_and_folders():
-    ncm = load_config(resolve_config('ncm_kpconv_s3dis.yml'))
-    base = load_config(resolve_config('kpconv_deform_s3dis.yml'))
+@pytest.mark.parametrize('dataset', ['s3dis', 'scannet', 'semantic3d', 'lidar'])
+def test_baseline_and_ncm_configs_differ_only_by_ncm_and_folders(dataset):
+    ncm = load_config(resolve_config(f'ncm_kpconv_{dataset}.yml'))
+    base = load_config(resolve_config(f'kpconv_deform_{dataset}.yml'))
     assert ncm['model'].pop('ncm')['weight'] > 0
     assert base['model'].pop('ncm')['weight'] == 0
     for cfg in (ncm, base):

@@ -3,7 +3,7 @@
 Open3D-ML passes every key of a section on to the class it names and each
 class ignores what it does not read: a typo trains the wrong model silently,
 hours later. The keys the plugin reads (`model.ncm`, the plugin's `pipeline`
-keys, `dataset.demo_data`, `dataset.convert_workers`) and the `pipeline` section as a whole are checked
+keys, `dataset.demo_data`, `dataset.convert_workers`, LASDataset's keys) and the `pipeline` section as a whole are checked
 here, at start, and the first mistake is raised as one ConfigError naming
 the key and the file (or the command-line override that set it).
 """
@@ -32,6 +32,7 @@ def check_config(cfg, source, overridden=()):
         check_pipeline(cfg['pipeline'])
         check_demo_data(cfg['dataset'])
         check_convert_workers(cfg['dataset'])
+        check_lidar(cfg['dataset'], cfg['model'])
     except (KeyError, TypeError, ValueError) as error:
         message = error.args[0] if error.args else str(error)
         raise ConfigError(f"{where(message, source, overridden)}: "
@@ -54,7 +55,10 @@ def _registered(kind, name):
     import ncm_plugin  # noqa: F401  (fills the registries)
     from open3d._ml3d.utils import get_module
     try:
-        return get_module(kind, name, 'torch')
+        # Datasets are registered for every framework, models and
+        # pipelines per framework.
+        return get_module(kind, name, *(() if kind == 'dataset' else
+                                        ('torch',)))
     except (KeyError, ValueError):
         return None
 
@@ -145,3 +149,49 @@ def check_demo_data(dataset):
     if not dataset.get('dataset_path'):
         raise ValueError("dataset.demo_data needs dataset.dataset_path: the "
                          "folder to write the synthetic data to")
+
+
+def check_lidar(dataset, model):
+    """LASDataset: its settings (class map, features, grid) and the model's
+    classes agree with them: labels 1..K of class_names, 0 ignored."""
+    from ..datasets.lidar.loader import LASDataset
+    from ..datasets.lidar.settings import LidarSettings
+    Dataset = _registered('dataset', dataset.get('name'))
+    if Dataset is None or not issubclass(Dataset, LASDataset):
+        return
+    settings = LidarSettings.from_config(dataset)
+    classes = settings.num_classes
+    if model.get('num_classes') is not None and \
+            model['num_classes'] != classes:
+        raise ValueError(f"model.num_classes is {model['num_classes']} but "
+                         f"dataset.class_names has {classes} classes")
+    if 0 not in list(model.get('ignored_label_inds') or []):
+        raise ValueError("model.ignored_label_inds must hold 0: LASDataset "
+                         "gives label 0 to the codes outside dataset.class_map")
+    values = model.get('lbl_values')
+    if values is not None and list(values) != list(range(classes + 1)):
+        raise ValueError(f"model.lbl_values must be {list(range(classes + 1))}"
+                         f" (0 ignored, then the {classes} classes), got "
+                         f"{list(values)}")
+    if model.get('in_features_dim') is not None:
+        check_kpconv_features(model['in_features_dim'], settings)
+
+
+def check_kpconv_features(in_features_dim, settings):
+    """KPConv's batcher builds its input features from the dataset's (after
+    the sphere's xyz): 3 = height + the first feature, 5 = height + the
+    first three, >= 6 = xyz + every feature (so exactly 4 + F; colour, when
+    there is some, adds 3 to F)."""
+    features = len(settings.features) + (3 if settings.colour is True else 0)
+    if in_features_dim >= 6:
+        fits = in_features_dim - 4 in (
+            features, features + 3 if settings.colour == 'auto' else features)
+    else:
+        fits = features >= {3: 1, 5: 3}.get(in_features_dim, 0)
+    if not fits:
+        raise ValueError(
+            f"model.in_features_dim {in_features_dim} does not fit the "
+            f"{features} feature(s) of dataset.features "
+            f"{list(settings.features)}: KPConv takes 1 (ones), 2 (+ height), "
+            f"3 (+ the first feature), 4 (+ x, y, z), 5 (height + the first "
+            f"three features) or 4 + the number of features (all)")

@@ -30,6 +30,9 @@ def main(argv=None):
                         help='titles of the two runs')
     parser.add_argument('--png', help='write this image instead of opening '
                         'the window')
+    parser.add_argument('--view', choices=('oblique', 'top'),
+                        default='oblique', help='--png: camera, oblique from '
+                        'above (default) or top (airborne tiles)')
     parser.add_argument('--size', nargs=2, type=int, default=(480, 400),
                         metavar=('W', 'H'), help='--png: panel size in pixels')
     parser.add_argument('--window-size', nargs=2, type=int,
@@ -65,7 +68,7 @@ def main(argv=None):
     if args.png:
         from ..evaluation.vis.render import render_comparison
         size = render_comparison(comparison, args.png, *args.size,
-                                 args.point_size, args.names)
+                                 args.point_size, args.names, args.view)
         print(f"wrote {args.png} ({size[0]} x {size[1]} pixels)")
     else:
         from ..evaluation.vis.window import ComparisonWindow, has_display

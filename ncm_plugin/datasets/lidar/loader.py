@@ -118,6 +118,20 @@ class LASDataset(BaseDataset):
             list(COLOUR) if with_colour else [])
         return slice(0, columns + (3 if with_colour else 0))
 
+    def display_colours(self, data):
+        """[M, 3] colours in 0..1 of a cloud for the comparison's input view:
+        its colour when the model gets it, else its intensity in grey
+        (stretched between the 1st and 99th percentiles)."""
+        feat = np.asarray(data['feat'], dtype=np.float32)
+        if self.feature_names[-3:] == list(COLOUR):
+            return np.clip(feat[:, -3:], 0, 1)
+        if 'intensity' not in self.feature_names:
+            return np.full((len(feat), 3), 0.6, dtype=np.float32)
+        value = feat[:, self.feature_names.index('intensity')]
+        low, high = np.percentile(value, [1, 99])
+        grey = np.clip((value - low) / max(high - low, 1e-6), 0, 1)
+        return np.repeat(grey[:, None], 3, axis=1)
+
     def get_label_to_names(self):
         return {0: 'ignored', **{i + 1: name for i, name in
                                  enumerate(self.settings.class_names)}}

@@ -85,8 +85,12 @@ def run_predictions(run, name):
     return np.load(found[0])
 
 
-def input_colors(data):
-    """Input colours [N, 3] in 0..1 (grey when the cloud has none)."""
+def input_colors(data, dataset=None):
+    """Input colours [N, 3] in 0..1: the dataset's own `display_colours`
+    when it has one (LiDAR tiles: intensity), else the first three features
+    as RGB, grey when the cloud has none."""
+    if hasattr(dataset, 'display_colours'):
+        return dataset.display_colours(data)
     feat = data.get('feat')
     if feat is None or np.asarray(feat).shape[1] < 3:
         return np.full((len(data['point']), 3), 0.6, dtype=np.float32)
@@ -105,7 +109,7 @@ def load_comparison(dataset, ignored_label_inds, baseline_run, ncm_run, name,
             raise ValueError(f"{run}: {len(pred)} predictions for the "
                              f"{len(data['point'])} points of {name}")
     return Comparison(name, np.asarray(data['point'][:, :3], dtype=np.float32),
-                      input_colors(data),
+                      input_colors(data, dataset),
                       np.asarray(data['label']).astype(np.int64).reshape(-1),
                       baseline.astype(np.int64), ncm.astype(np.int64),
                       dataset.get_label_to_names(), tuple(ignored_label_inds))

@@ -32,20 +32,27 @@ def image_size(width, height):
     return 4 * width, 2 * (TITLE_HEIGHT + height)
 
 
-def camera(points, fov=50.0):
-    """(centre, eye, up): an oblique view from above that frames the cloud's
-    bounding sphere."""
+# Camera directions (from the cloud to the eye) and up vectors: 'oblique'
+# from above and aside (rooms, scans), 'top' straight down, north up
+# (airborne tiles).
+VIEWS = {'oblique': ((-0.55, -1.0, 0.95), (0.0, 0.0, 1.0)),
+         'top': ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0))}
+
+
+def camera(points, fov=50.0, view='oblique'):
+    """(centre, eye, up): a VIEWS view that frames the cloud's bounding
+    sphere."""
     low, high = points.min(axis=0), points.max(axis=0)
     centre = (low + high) / 2
     radius = max(float(np.linalg.norm(high - low)) / 2, 1e-3)
-    direction = np.array([-0.55, -1.0, 0.95])
+    direction, up = (np.array(v, dtype=np.float64) for v in VIEWS[view])
     direction /= np.linalg.norm(direction)
     distance = radius / np.sin(np.radians(fov) / 2) * 1.02
-    return centre, centre + distance * direction, np.array([0.0, 0.0, 1.0])
+    return centre, centre + distance * direction, up
 
 
 def render_panels(points, colour_sets, width, height, point_size=3.0,
-                  fov=50.0):
+                  fov=50.0, view='oblique'):
     """One image [height, width, 3] uint8 per colour set [N, 3] (0..1), all
     from the same camera."""
     import open3d as o3d
@@ -56,7 +63,7 @@ def render_panels(points, colour_sets, width, height, point_size=3.0,
     material.point_size = float(point_size)
     # No tone mapping: label colours come out as the LUT has them.
     renderer.scene.view.set_post_processing(False)
-    centre, eye, up = camera(points, fov)
+    centre, eye, up = camera(points, fov, view)
     cloud = o3d.geometry.PointCloud(
         o3d.utility.Vector3dVector(points.astype(np.float64)))
     images = []
@@ -121,11 +128,12 @@ def compose(images, titles, width, height, class_entries, caption=''):
 
 
 def render_comparison(comparison, path, width=480, height=400, point_size=3.0,
-                      names=('baseline', 'NCM')):
-    """Write the PNG of a Comparison; returns its (width, height)."""
+                      names=('baseline', 'NCM'), view='oblique'):
+    """Write the PNG of a Comparison seen from `view` (VIEWS); returns its
+    (width, height)."""
     colour_sets = list(view_colours(comparison, names).values())
     images = render_panels(comparison.points, colour_sets, width, height,
-                           point_size)
+                           point_size, view=view)
     valid = ~np.isin(comparison.truth, comparison.ignored_label_inds)
     accuracy = [100.0 * np.mean(p[valid] == comparison.truth[valid])
                 if valid.any() else float('nan')

@@ -265,3 +265,44 @@ def test_train_and_test_on_the_real_tiles_through_the_command_line(
     assert len(written.points) == 60653
     assert set(np.unique(written.classification)) <= {2, 3, 4, 5, 6}
     assert 0 < written['probability'].min() <= written['probability'].max() <= 1
+
+
+def test_the_top_view_shows_a_tile_north_up(tmp_path):
+    """visualize_compare --png --view top on a real tile: an 'NCM' run that
+    calls the western half building differs from the ground-truth-perfect
+    baseline in the left half of its panel only; the input view is the
+    intensity in grey."""
+    from PIL import Image
+
+    from ncm_plugin.evaluation.vis.render import panel_boxes
+    tiles = tmp_path / 'tiles'
+    tiles.mkdir()
+    shutil.copy(TILES / f'{TILE}.laz', tiles)
+    dataset = LASDataset(str(tiles), cache_dir=str(tmp_path / 'logs' / 'cache'
+                                                   / 'lidar'))
+    data = dataset.get_split('train').get_data(0)
+    west = data['point'][:, 0] < 25
+    for run, labels in (('base', data['label']),
+                        ('ncm', np.where(west, 5, data['label']))):
+        (tmp_path / run / 'predictions').mkdir(parents=True)
+        np.save(tmp_path / run / 'predictions' / f'{TILE}.npy', labels)
+    png = tmp_path / 'top.png'
+    done = subprocess.run(
+        [sys.executable, str(REPO / 'scripts' / 'visualize_compare.py'),
+         '--dataset-config', 'ncm_kpconv_lidar.yml', '--dataset_path',
+         str(tiles), '--runs', 'base', 'ncm', '--cloud', TILE, '--split',
+         'train', '--png', str(png), '--view', 'top', '--size', '200', '200'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = np.asarray(Image.open(png).convert('RGB')).astype(int)
+    panels = {k: image[t:b, l:r] for k, (l, t, r, b) in
+              panel_boxes(200, 200).items()}
+    differ = (panels['NCM'] != panels['baseline']).any(axis=2)
+    columns = np.flatnonzero(differ.any(axis=0))
+    # The left half only (points are 3 px wide).
+    assert differ.sum() > 500 and columns.max() <= 103
+    assert np.array_equal(panels['ground truth'], panels['baseline'])
+    pixels = panels['input'].reshape(-1, 3)
+    drawn = pixels[(pixels != 255).any(axis=1)]
+    assert len(drawn) > 500 and (drawn[:, 0] == drawn[:, 1]).all() and \
+        (drawn[:, 1] == drawn[:, 2]).all()  # grey: the intensity

@@ -48,6 +48,10 @@ def camera(points, fov=50.0, view='oblique'):
     direction, up = (np.array(v, dtype=np.float64) for v in VIEWS[view])
     direction /= np.linalg.norm(direction)
     distance = radius / np.sin(np.radians(fov) / 2) * 1.02
+    if view == 'top':  # frame the footprint, not the bounding sphere
+        half = max(float(np.max(high[:2] - low[:2])) / 2, 1e-3)
+        distance = half / np.tan(np.radians(fov) / 2) * 1.05 + \
+            float(high[2] - low[2]) / 2
     return centre, centre + distance * direction, up
 
 

@@ -136,15 +136,20 @@ def test_unknown_codes_are_counted_once_per_tile(folder, tmp_path, caplog):
         f'1: 4783 points, 64: 70 points' in '\n'.join(lines)
 
 
-def test_a_second_dataset_converts_nothing_a_new_class_map_everything(
-        dataset, folder, caplog):
+def test_a_second_dataset_converts_nothing_new_settings_convert_anew(
+        dataset, folder, tmp_path):
     stamp = (dataset.folder / f'{TILE}.tile.json').stat().st_mtime_ns
-    make_dataset(folder, dataset.cfg.cache_dir)
-    assert (dataset.folder / f'{TILE}.tile.json').stat().st_mtime_ns == stamp
-    merged = make_dataset(folder, dataset.cfg.cache_dir,
+    again = make_dataset(folder, tmp_path)  # another cache: converts
+    assert again.folder.name == dataset.folder.name
+    same = make_dataset(folder, dataset.folder.parent)
+    assert (same.folder / f'{TILE}.tile.json').stat().st_mtime_ns == stamp
+    merged = make_dataset(folder, dataset.folder.parent,
                           class_map={2: 1, 3: 2, 4: 2, 5: 2, 6: 3},
                           class_names=['ground', 'vegetation', 'building'])
-    assert (merged.folder / f'{TILE}.tile.json').stat().st_mtime_ns != stamp
+    assert merged.folder != dataset.folder
+    # Open3D-ML's preprocessing cache lives below the settings' folder.
+    assert merged.cfg.cache_dir == str(merged.folder / 'preprocessed')
+    assert (dataset.folder / f'{TILE}.tile.json').stat().st_mtime_ns == stamp
     assert set(np.unique(merged.get_split('train').get_data(0)['label'])) \
         == {0, 1, 2, 3}
 

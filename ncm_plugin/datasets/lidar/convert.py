@@ -15,6 +15,7 @@ features, majority label per cell). Output, in the conversion folder:
     <tile>.tile.json   source, settings, origin, counts per ASPRS code;
                        written last: a tile is converted once it exists
 """
+import hashlib
 import json
 import logging
 import os
@@ -115,6 +116,11 @@ def convert_tiles(paths, folder, settings, overwrite=False):
 
 
 def conversion_folder(cache_dir, settings):
-    """Where a dataset's converted tiles live: one folder per grid."""
+    """Where a dataset's converted tiles live: one folder per set of
+    settings (grid, classes, features), named by the grid and a digest of
+    the settings, so that converted tiles and Open3D-ML's preprocessing
+    cache (kept below it, see loader.py) never outlive a change of them."""
+    key = json.dumps(settings.conversion_key(), sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return Path(os.path.expanduser(str(cache_dir))) / \
-        f'las_grid_{settings.grid_size:g}'
+        f'las_grid{settings.grid_size:g}_{digest}'

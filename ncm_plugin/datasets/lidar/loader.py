@@ -3,8 +3,9 @@ ASPRS codes) as an Open3D-ML dataset; test predictions come back as
 classified copies of the tiles.
 
 On construction every tile of the three splits is converted once to the
-training grid (convert.py) into ``<cache_dir>/las_grid_<grid>``; a tile whose
-file or settings changed is converted again. ``get_data`` then loads arrays.
+training grid (convert.py) into ``<cache_dir>/las_grid<grid>_<digest of the
+settings>``, which also holds Open3D-ML's preprocessing cache; a tile whose
+file changed is converted again. ``get_data`` then loads arrays.
 
 Splits: ``train_files``, ``val_files`` and ``test_files`` are lists of file
 names or glob patterns relative to ``dataset_path`` (``*.las``/``*.laz``);
@@ -100,6 +101,9 @@ class LASDataset(BaseDataset):
         used = [t for split in self.splits.values() for t in split]
         self.folder = conversion_folder(cache_dir, self.settings)
         self.meta = convert_tiles(used, self.folder, self.settings)
+        # Open3D-ML keys its preprocessing cache by the model only: below
+        # the settings' own folder, a new class map cannot read stale labels.
+        self.cfg.cache_dir = str(self.folder / 'preprocessed')
         self.feature_columns = self._feature_columns()
         log.info('%s: %s tiles for train/val/test, features %s', dataset_path,
                  '/'.join(str(len(self.splits[k])) for k in SPLITS),

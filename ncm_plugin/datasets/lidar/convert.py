@@ -50,21 +50,25 @@ def read_meta(folder, name):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def is_converted(path, folder, settings):
-    """True if `folder` holds this tile converted from the same file with
-    the same settings."""
+def converted_meta(path, folder, settings):
+    """The meta of this tile in `folder` if it was converted from the same
+    file with the same settings, else None."""
     meta = read_meta(folder, Path(path).stem)
-    return meta is not None and \
+    same = meta is not None and meta.get('settings') == \
+        settings.conversion_key() and \
         {k: meta.get(k) for k in ('source', 'source_bytes',
-                                  'source_mtime_ns')} == source_stamp(path) \
-        and meta.get('settings') == settings.conversion_key()
+                                  'source_mtime_ns')} == source_stamp(path)
+    return meta if same else None
 
 
 def convert_tile(path, folder, settings):
     """Stream one tile into its arrays in `folder`; returns its meta dict."""
     path, folder = Path(path), Path(folder)
     paths = output_paths(folder, path.stem)
-    paths['tile'].unlink(missing_ok=True)  # not converted until it is back
+    # The tile.json is not removed first: under torchrun every rank may
+    # convert the same tile at once, and another rank may be reading it.
+    # Each file is replaced atomically, the tile.json last, and the folder
+    # is the settings': what a reader finds is this source's conversion.
     reader = TileReader(path, settings.features, settings.colour,
                         settings.feature_scale)
     grid = GridAccumulator(settings.grid_size, settings.num_classes + 1,
@@ -104,15 +108,16 @@ def convert_tiles(paths, folder, settings, overwrite=False):
     the other: each is streamed); returns {tile name: meta}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [p for p in paths if overwrite or
-            not is_converted(p, folder, settings)]
+    metas = {} if overwrite else {
+        Path(p).stem: converted_meta(p, folder, settings) for p in paths}
+    todo = [p for p in paths if metas.get(Path(p).stem) is None]
     for path in tqdm(todo, desc='LAS tiles', unit='tile', disable=not todo):
-        convert_tile(path, folder, settings)
+        metas[Path(path).stem] = convert_tile(path, folder, settings)
     if todo:
         log.info('%d LAS/LAZ tiles converted to the %g m grid in %s, %d '
                  'already converted', len(todo), settings.grid_size, folder,
                  len(paths) - len(todo))
-    return {Path(p).stem: read_meta(folder, Path(p).stem) for p in paths}
+    return {Path(p).stem: metas[Path(p).stem] for p in paths}
 
 
 def conversion_folder(cache_dir, settings):

@@ -33,10 +33,16 @@ SUFFIXES = ('.las', '.laz')
 
 
 def find_tiles(folder):
-    """Every .las/.laz file of `folder` (not recursive), sorted."""
-    folder = Path(folder)
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in SUFFIXES)
+    """Every .las/.laz file of `folder` (not recursive), sorted; two files
+    of one name (a.las, a.laz) are an error: a tile is known by its name."""
+    tiles = sorted(p for p in Path(folder).iterdir()
+                   if p.is_file() and p.suffix.lower() in SUFFIXES)
+    stems = [p.stem for p in tiles]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise ValueError(f"{folder}: several files of the tile {twice[0]!r} "
+                         f"(.las and .laz?); keep one")
+    return tiles
 
 
 def select(tiles, patterns, key):

@@ -144,7 +144,7 @@ def class_indices(labels, num_classes, ignored_label_inds):
     """Dataset labels -> logit columns, as Open3D-ML's filter_valid_label.
 
     labels [N] long. Ignored labels are dropped from the label range, so every
-    label above an ignored one moves down by one. Returns (indices [N] long,
+    label above an ignored one (>= 0) moves down by one. Returns (indices [N] long,
     valid [N] bool); indices of invalid points are 0. Nothing is read on the
     host (the training step calls it); `checked_class_indices` also checks
     the label range.
@@ -152,7 +152,12 @@ def class_indices(labels, num_classes, ignored_label_inds):
     ignored = torch.as_tensor(list(ignored_label_inds), dtype=labels.dtype,
                               device=labels.device)
     valid = ~torch.isin(labels, ignored)
-    shift = (labels.unsqueeze(1) > ignored).sum(dim=1)
+    # Only ignored labels >= 0 free a logit column (a negative one, like
+    # the -1 of the PointTransformer, SparseConvUnet and PVCNN configs, is
+    # outside the label range), as in filter_valid_label.
+    freeing = torch.as_tensor([i for i in ignored_label_inds if i >= 0],
+                              dtype=labels.dtype, device=labels.device)
+    shift = (labels.unsqueeze(1) > freeing).sum(dim=1)
     indices = torch.where(valid, labels - shift, torch.zeros_like(labels))
     return indices, valid
 

@@ -39,9 +39,24 @@ def dense_to_stacked(neighbors):
                                                                num_points, -1)
 
 
-def equal_lengths(num_clouds, num_points):
-    """[B] lengths of a dense batch of B clouds of N points each."""
-    return torch.full((num_clouds,), num_points, dtype=torch.long)
+def equal_lengths(num_clouds, num_points, device='cpu'):
+    """[B] lengths of a dense batch of B clouds of N points each (made on
+    `device`: no copy in the training step)."""
+    return torch.full((num_clouds,), num_points, dtype=torch.long,
+                      device=device)
+
+
+def prepared(batch, key, model_name):
+    """What `ncm_collate` added to a batch (a dict or a batch object)."""
+    value = (batch.get(key) if isinstance(batch, dict) else
+             getattr(batch, key, None))
+    if value is None:
+        raise ValueError(
+            f"the batch has no {key}: {model_name} finds its NCM "
+            f"neighborhood when the batch is collated; batch with the "
+            f"NCMSemanticSegmentation pipeline, or call "
+            f"model.ncm_collate(batch) after the stock batcher")
+    return value
 
 
 class NCMTerm:

@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from . import checkpoints, distributed
 from ..evaluation.recorder import TestRecorder
-from .batcher import NCMConcatBatcher
+from ..models import NCMTerm
+from .batcher import NCMConcatBatcher, NCMStockBatcher, move_batch
 from .interrupts import StepHook, StopRequest
 from .options import PipelineOptions
 from .precision import MixedPrecision
@@ -136,9 +137,12 @@ def make_deterministic(device):
 
 @contextlib.contextmanager
 def stock_model_name(model):
-    """Let Open3D-ML code that dispatches on the model name see 'KPFCNN'."""
+    """Let Open3D-ML code that dispatches on the model name see the stock
+    model's ('KPFCNN' for NCMKPFCNN, 'RandLANet' for NCMRandLANet, ...)."""
     name = model.cfg['name']
-    if isinstance(model, KPFCNN):
+    if isinstance(model, NCMTerm):
+        model.cfg['name'] = model.stock_name
+    elif isinstance(model, KPFCNN):
         model.cfg['name'] = 'KPFCNN'
     try:
         yield
@@ -201,8 +205,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
 
     # -- dispatch on the class, not the name ------------------------------
     def get_batcher(self, device, split='training'):
-        """KPFCNN batches are collated on the CPU whatever `device`; the loops
-        copy them to the device."""
+        """Batches are collated on the CPU whatever `device`; the loops copy
+        them to the device. KPFCNN: NCMConcatBatcher; the other NCM models:
+        their stock batcher + the model's ncm_collate."""
         if isinstance(self.model, KPFCNN):
             ncm = getattr(self.model, 'ncm_loss', None)
             knn = None
@@ -211,6 +216,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 knn = (ncm.cfg.layer, ncm.cfg.k)
             return NCMConcatBatcher(sort_neighbors=self.options.deterministic,
                                     ncm_knn=knn)
+        if isinstance(self.model, NCMTerm):
+            return NCMStockBatcher(self.model)
         return super().get_batcher(device, split)
 
     def get_3d_summary(self, results, input_data, epoch, save_gt=True):
@@ -233,6 +240,13 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             steps_per_epoch=distributed.steps_per_rank(
                 dataset.cfg.get(steps_key, None), self.ranks.world_size))
         if isinstance(sampler, SharedSpatiallyRegularSampler):
+            if not isinstance(model, KPFCNN):
+                raise ValueError(
+                    f"dataset.sampler.name SharedSpatiallyRegularSampler "
+                    f"crops KPFCNN spheres (model.in_radius and point "
+                    f"limits); {type(model).__name__} chooses its own "
+                    f"points: use its stock config's sampler "
+                    f"(SemSegRandomSampler or SemSegSpatiallyRegularSampler)")
             torch_split = SphereDataset(model=model, **common)
             sampler.configure(*sphere_budget(model.cfg), seed=self.seed)
             requests = SphereRequests(sampler, len(torch_split))
@@ -313,9 +327,10 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             for inputs in tqdm(timing.wrap(islice(loader, todo)), total=todo,
                                desc=phase, disable=not self.ranks.primary):
                 batch = inputs['data']
-                if train and not self._spheres_checked:
+                if train and not self._spheres_checked and \
+                        isinstance(model, KPFCNN):
                     self._check_spheres(loader, inputs, sampler)
-                batch.to(self.device, non_blocking=True)
+                move_batch(batch, self.device)
                 with self.precision.autocast():
                     results = forward(batch)
                     loss, gt_labels, predict_scores = model.get_loss(

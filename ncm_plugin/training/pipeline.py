@@ -1,9 +1,11 @@
 """NCMSemanticSegmentation: Open3D-ML's semantic-segmentation pipeline, plus
-what its own cannot do for a KPFCNN subclass.
+what its own cannot do for the NCM models (subclasses of the stock ones).
 
-- ConcatBatcher and the 3D summary dispatch on the model *name* ("KPFCNN");
-  here they dispatch on the class, so NCMKPFCNN (or any KPFCNN subclass) works;
-  the batcher also carries scene-level NCM targets (scene_target.py).
+- The batcher choice, ConcatBatcher and the 3D summary dispatch on the model
+  *name* ("KPFCNN", "RandLANet", ...); here they dispatch on the class, so
+  NCMKPFCNN (or any KPFCNN subclass) and the other NCM models work; KPFCNN's
+  batcher also carries scene-level NCM targets (scene_target.py), the
+  others' add what their NCM term needs (`ncm_collate`, batcher.py).
 - The training loop logs every loss term (cross entropy, regularizer, NCM)
   to the log file and TensorBoard.
 - It refuses to train on degenerate spheres (the stock random sampler with
@@ -158,7 +160,8 @@ class _NoWriter:
 
 
 class NCMSemanticSegmentation(SemanticSegmentation):
-    """SemanticSegmentation for NCMKPFCNN and other KPFCNN subclasses.
+    """SemanticSegmentation for NCMKPFCNN (and other KPFCNN subclasses) and
+    the other NCM models (models/).
 
     Extra pipeline settings: see `PipelineOptions` (num_workers, pin_memory,
     test_after_train, keep_checkpoints, amp, sync_batchnorm,
@@ -604,6 +607,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         """
         states = {**checkpoints.random_state(self.device),
                   'samplers': self._sampler_states(steps_done is not None)}
+        if isinstance(getattr(self.model, 'rng', None), np.random.Generator):
+            states['model_rng'] = checkpoints.generator_state(self.model.rng)
         states = (distributed.gather_objects(states) if self.distributed
                   else [states])
         if not self.ranks.primary:
@@ -697,6 +702,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         states = ckpt.get('random_states')
         if states is not None and len(states) == self.ranks.world_size:
             checkpoints.set_random_state(states[self.ranks.rank], self.device)
+            if 'model_rng' in states[self.ranks.rank]:
+                checkpoints.set_generator_state(
+                    self.model.rng, states[self.ranks.rank]['model_rng'])
             for split, state in states[self.ranks.rank].get(
                     'samplers', {}).items():
                 self._samplers[split].load_state_dict(state)

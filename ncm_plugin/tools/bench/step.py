@@ -23,6 +23,7 @@ import torch
 
 from ...config import load_config, resolve_config
 from ...training.batcher import move_batch
+from ...training.samplers import SharedSpatiallyRegularSampler
 from ..runner import build
 
 
@@ -66,7 +67,7 @@ def realistic_batch(config, dataset_path=None, device='cpu', seed=0,
     dataset, model, pipeline = build(cfg, seed)
     loader, sampler = pipeline._loader('train', cfg['pipeline']['batch_size'],
                                        'steps_per_epoch_train')
-    if hasattr(sampler, 'get_point_sampler'):
+    if not isinstance(sampler, SharedSpatiallyRegularSampler):
         # What the training loop does for samplers that choose points where
         # they are loaded (RandLA-Net's transform asks it).
         model.trans_point_sampler = sampler.get_point_sampler()

@@ -64,3 +64,28 @@ def test_config_is_the_stock_one_but_for_the_ncm_changes(ours):
 def test_config_passes_the_checks(ours):
     path = resolve_config(f'{ours}.yml')
     check_config(load_config(path), path)
+
+
+@pytest.mark.parametrize('ours, key, value', [
+    ('ncm_pointtransformer_s3dis', 'neighborhood', 'model'),
+    ('ncm_randlanet_s3dis', 'layer', 1),
+    ('ncm_sparseconvunet_scannet', 'target', 'scene'),
+])
+def test_settings_a_backbone_cannot_honour_stop_the_check_naming_the_key(
+        ours, key, value):
+    from ncm_plugin.tools.config_check import ConfigError
+    path = resolve_config(f'{ours}.yml')
+    cfg = load_config(path)
+    cfg['model']['ncm'][key] = value
+    cfg['model']['ncm'].pop('k', None)
+    with pytest.raises(ConfigError, match=f'model.ncm.{key}'):
+        check_config(cfg, path)
+
+
+def test_an_ncm_block_on_a_stock_model_names_the_ncm_model():
+    from ncm_plugin.tools.config_check import ConfigError
+    path = resolve_config('ncm_randlanet_s3dis.yml')
+    cfg = load_config(path)
+    cfg['model']['name'] = 'RandLANet'
+    with pytest.raises(ConfigError, match='NCMRandLANet'):
+        check_config(cfg, path)

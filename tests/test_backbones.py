@@ -292,3 +292,17 @@ def test_a_batch_without_the_collated_lists_is_refused(prepared):
                    'label': inputs['data'].label[:10]}, 'attr': {}}])
     with pytest.raises(ValueError, match='ncm_collate'):
         model.ncm_layout(results[:10], batch['data'])
+
+
+@pytest.mark.parametrize('name, hood', CASES)
+def test_the_term_reads_nothing_on_the_host(prepared, name, hood):
+    """From each backbone's layout to the NCM term and its backward: no
+    host-device synchronisation (test_syncs.HostReads lists what counts)."""
+    from test_syncs import HostReads
+    model, inputs, results = prepared(name, hood)
+    logits = results.detach().requires_grad_(True)
+    with HostReads() as reads:
+        term = model.ncm_loss.term(*model.ncm_layout(logits, inputs['data']))
+        term.backward()
+    assert reads.found == []
+    assert logits.grad.abs().sum() > 0

@@ -80,3 +80,17 @@ def test_two_ranks_keep_equal_replicas(s3dis, tmp_path):
     assert [(r['rank'], r['world_size']) for r in reports] == [(0, 2), (1, 2)]
     assert reports[0]['weights'] == reports[1]['weights']
     assert sum(map(sum, reports[0]['local_valid'])) > 0
+
+
+def test_workers_are_refused_with_the_reason(s3dis, tmp_path):
+    args = [sys.executable, str(REPO / 'scripts' / 'run_pipeline.py'),
+            'torch', '-c', 'ncm_randlanet_s3dis.yml', '--dataset_path',
+            str(s3dis), '--device', 'cpu',
+            '--main_log_dir', str(tmp_path / 'logs'),
+            '--dataset.cache_dir', str(tmp_path / 'cache'),
+            '--pipeline.num_workers', '2', *SHRINK]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert 'pipeline.num_workers=2' in done.stderr
+    assert 'NCMRandLANet' in done.stderr

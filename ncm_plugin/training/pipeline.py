@@ -253,6 +253,12 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             torch_split = SphereDataset(model=model, **common)
             sampler.configure(*sphere_budget(model.cfg), seed=self.seed)
             requests = SphereRequests(sampler, len(torch_split))
+        elif num_workers > 0 and not isinstance(model, KPFCNN):
+            raise ValueError(
+                f"pipeline.num_workers={num_workers}: workers need the "
+                f"SharedSpatiallyRegularSampler, which crops KPFCNN spheres; "
+                f"{type(model).__name__} loads with "
+                f"pipeline.num_workers: 0 (docs/backbones.md says why)")
         elif num_workers > 0:
             raise ValueError(
                 f"pipeline.num_workers={num_workers} needs "

@@ -289,7 +289,11 @@ class NCMLoss(torch.nn.Module):
             if len(pools):
                 labels, _ = pool_scores(labels, valid, pools)
                 scores, valid = pool_scores(scores, valid, pools)
-            adjacency = neighbor_matrix(neighbors, lengths, valid)
+            # Without ignored labels every point is valid: the pairs need no
+            # validity check (a gather over all N x K slots), known from the
+            # config, not from the data.
+            adjacency = neighbor_matrix(
+                neighbors, lengths, valid if self.ignored_label_inds else None)
             if target is not None:
                 target = target.to(device, non_blocking=True).float()
             else:

@@ -252,9 +252,9 @@ class NCMLoss(torch.nn.Module):
         layer = self.cfg.layer
         target = (self.scene_targets(batch) if self.cfg.target == 'scene'
                   else None)
+        pools = batch.pools[:layer] if layer else ()
         return self.term(logits, labels, self.neighbors(batch),
-                         batch.lengths[layer], pools=batch.pools[:layer],
-                         target=target)
+                         batch.lengths[layer], pools=pools, target=target)
 
     def term(self, logits, labels, neighbors, lengths, pools=(), target=None):
         """weight * KL of the NCMs of any stacked batch.

@@ -79,7 +79,8 @@ class NCMKPFCNN(NCMTerm, KPFCNN):
         layer = ncm.cfg.layer
         target = ncm.scene_targets(batch) if ncm.cfg.target == 'scene' else None
         return NCMLayout(results, batch.labels, ncm.neighbors(batch),
-                         batch.lengths[layer], batch.pools[:layer], target)
+                         batch.lengths[layer],
+                         batch.pools[:layer] if layer else (), target)
 
 
 MODEL._register_module(NCMKPFCNN, 'torch')

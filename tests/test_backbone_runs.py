@@ -1,6 +1,6 @@
 """Short training runs through scripts/run_pipeline.py with each backbone's
-shipped config (shrunk on the command line) on generated data: the NCM term
-goes down. PVCNN is not run: its Open3D ops have no CPU kernel in the CPU
+shipped config (shrunk on the command line) on generated data, with the 3D
+summaries of TensorBoard on: the NCM term goes down. PVCNN is not run: its Open3D ops have no CPU kernel in the CPU
 wheel (see test_backbones.py for what is tested of it)."""
 import re
 import subprocess
@@ -69,7 +69,11 @@ def test_a_short_run_lowers_the_ncm_term(config, s3dis, scannet, tmp_path):
             '--dataset.steps_per_epoch_train', '4',  # SHRINK may override
             '--dataset.steps_per_epoch_valid', '1',
             '--pipeline.batch_size', '2', '--pipeline.val_batch_size', '1',
-            '--model.ncm.weight', '3.0', *SHRINK[config]]
+            '--model.ncm.weight', '3.0',
+            # The 3D summary of the first batches (Open3D-ML dispatches it
+            # on the model name).
+            '--pipeline.summary.record_for', '[train, valid]',
+            *SHRINK[config]]
     if 's3dis' in config:
         args += ['--dataset.test_area_idx', '3']
     run = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True,

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from open3d._ml3d.torch.dataloaders import TorchDataloader, get_sampler
 from open3d._ml3d.torch.models.kpconv import KPFCNN
+from open3d._ml3d.torch.models.randlanet import RandLANet
 from open3d._ml3d.torch.modules.losses import SemSegLoss
 from open3d._ml3d.torch.modules.metrics import SemSegMetric
 from open3d._ml3d.torch.pipelines import SemanticSegmentation
@@ -140,16 +141,19 @@ def make_deterministic(device):
 @contextlib.contextmanager
 def stock_model_name(model):
     """Let Open3D-ML code that dispatches on the model name see the stock
-    model's ('KPFCNN' for NCMKPFCNN, 'RandLANet' for NCMRandLANet, ...)."""
-    name = model.cfg['name']
+    model's ('KPFCNN' for NCMKPFCNN, 'RandLANet' for NCMRandLANet, ...).
+    Open3D-ML's Config reads items but has no item assignment: the name is
+    changed in the dict it wraps."""
+    settings = model.cfg._cfg_dict
+    name = settings['name']
     if isinstance(model, NCMTerm):
-        model.cfg['name'] = model.stock_name
+        settings['name'] = model.stock_name
     elif isinstance(model, KPFCNN):
-        model.cfg['name'] = 'KPFCNN'
+        settings['name'] = 'KPFCNN'
     try:
         yield
     finally:
-        model.cfg['name'] = name
+        settings['name'] = name
 
 
 class _NoWriter:
@@ -224,6 +228,10 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         return super().get_batcher(device, split)
 
     def get_3d_summary(self, results, input_data, epoch, save_gt=True):
+        if isinstance(self.model, RandLANet) and 'xyz' not in input_data:
+            # The stock summary reads RandLA-Net's points as 'xyz'; its
+            # batches call them 'coords'.
+            input_data = {**input_data, 'xyz': input_data['coords']}
         with stock_model_name(self.model):
             return super().get_3d_summary(results, input_data, epoch, save_gt)
 

@@ -1,7 +1,9 @@
-"""NCM learning (Gong, Ye, Ma, CVM 2022) for KPConv in Open3D-ML.
+"""NCM learning (Gong, Ye, Ma, CVM 2022) for Open3D-ML's semantic-segmentation
+models (KPConv, RandLA-Net, PointTransformer, SparseConvUnet, PVCNN).
 
 Importing the package registers its classes into Open3D-ML's registries:
-the model NCMKPFCNN, the pipeline NCMSemanticSegmentation, the sampler
+the models NCMKPFCNN, NCMRandLANet, NCMPointTransformer, NCMSparseConvUnet
+and NCMPVCNN, the pipeline NCMSemanticSegmentation, the sampler
 SharedSpatiallyRegularSampler and the datasets in `ncm_plugin.datasets`
 (S3DIS, ScanNet, Semantic3D, LAS/LAZ tiles).
 Open3D-ML itself fills its registries lazily, so the stock modules are

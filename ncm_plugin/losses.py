@@ -1,4 +1,6 @@
-"""NCMLoss: the glue from a KPConv batch to the NCM math in `ncm.py`."""
+"""NCMConfig and NCMLoss: the settings of the NCM term and the glue from a
+batch (its logits, labels, neighbor lists and cloud lengths) to the math in
+`ncm.py`."""
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -6,7 +8,11 @@ import torch
 from .ncm import (DIRECTIONS, cooccurrence_from_matrix, ncm_kl,
                   neighbor_matrix, pool_scores)
 
-NEIGHBORHOODS = ('kpconv', 'knn')
+# 'model': the backbone's own neighbor lists (KPConv's radius lists, RandLA-Net's
+# kNN lists); 'knn': k nearest neighbors built on the CPU when batching.
+NEIGHBORHOODS = ('model', 'knn')
+# Earlier spellings still read: NCMKPFCNN's own lists were called 'kpconv'.
+NEIGHBORHOOD_ALIASES = {'kpconv': 'model'}
 # Where the target NCM comes from: the labels of the sampled sphere, or the
 # whole scene's (computed once per scene by scene_target.py).
 TARGETS = ('sample', 'scene')
@@ -16,28 +22,33 @@ TARGETS = ('sample', 'scene')
 class NCMConfig:
     """The `model.ncm` section of a config: the one place its defaults live.
 
-    weight: factor of the NCM term in the training loss (0 = stock KPConv).
+    weight: factor of the NCM term in the training loss (0 = the stock
+        model's loss).
     direction: 'forward' = KL(target || prediction), 'reverse' = KL(prediction
         || target); the paper uses reverse for large outdoor scenes.
     eps: smoothing of both matrices before the KL.
-    neighborhood: 'kpconv' reuses the layer-0 neighbor lists (radius
-        conv_radius * first_subsampling_dl) that the batch already carries;
-        'knn' searches the `k` nearest neighbors of every point inside its
-        own cloud (Open3D's knn_search).
+    neighborhood: 'model' reuses the neighbor lists the backbone's batch
+        already carries (KPConv: layer-0 radius lists, radius conv_radius *
+        first_subsampling_dl; RandLA-Net: its first layer's kNN lists);
+        backbones without such lists refuse it. 'knn' searches the `k`
+        nearest neighbors of every point inside its own cloud (Open3D's
+        knn_search, on the CPU when the batch is collated). 'kpconv' is
+        read as 'model'.
     k: neighbors per point for 'knn'.
     layer: the KPConv layer whose points the NCM is taken on: 0 = the input
         points; L > 0 = the points after L subsamplings, each carrying the
         mean class distribution of the input points pooled into it, with
         that layer's neighbor lists (a wider radius). The architecture must
-        have the layer (and, for 'kpconv', convolutions in it).
+        have the layer (and, for 'model', convolutions in it). KPConv only.
     target: 'sample' counts the target NCM on the sampled sphere's labels;
         'scene' counts it once on the whole scene's labels (scene_target.py,
-        layer 0 only) and the batcher carries it into the batch.
+        layer 0 only) and the batcher carries it into the batch. KPConv
+        only.
     """
     weight: float = 1.0
     direction: str = 'forward'
     eps: float = 1e-6
-    neighborhood: str = 'kpconv'
+    neighborhood: str = 'model'
     k: int = 16
     layer: int = 0
     target: str = 'sample'
@@ -60,6 +71,9 @@ class NCMConfig:
                 raise TypeError(f"{where}.{key} must be {article} {name}, "
                                 f"got {value!r}")
             section[key] = expected(value)
+        if 'neighborhood' in section:
+            section['neighborhood'] = NEIGHBORHOOD_ALIASES.get(
+                section['neighborhood'], section['neighborhood'])
         cfg = cls(**section)
         if cfg.direction not in DIRECTIONS:
             raise ValueError(f"{where}.direction must be one of {DIRECTIONS}, "
@@ -94,7 +108,7 @@ class NCMConfig:
                 f"{where}.layer is {self.layer}, but model.architecture has "
                 f"{len(layers)} layer(s) (0..{len(layers) - 1}: one more than "
                 f"its strided/pool blocks before the first upsample)")
-        if self.neighborhood == 'kpconv' and not layers[self.layer]:
+        if self.neighborhood == 'model' and not layers[self.layer]:
             raise ValueError(
                 f"{where}.layer is {self.layer}, but that layer of "
                 f"model.architecture has no convolution block, so KPConv "
@@ -130,7 +144,7 @@ def class_indices(labels, num_classes, ignored_label_inds):
     """Dataset labels -> logit columns, as Open3D-ML's filter_valid_label.
 
     labels [N] long. Ignored labels are dropped from the label range, so every
-    label above an ignored one moves down by one. Returns (indices [N] long,
+    label above an ignored one (>= 0) moves down by one. Returns (indices [N] long,
     valid [N] bool); indices of invalid points are 0. Nothing is read on the
     host (the training step calls it); `checked_class_indices` also checks
     the label range.
@@ -138,7 +152,12 @@ def class_indices(labels, num_classes, ignored_label_inds):
     ignored = torch.as_tensor(list(ignored_label_inds), dtype=labels.dtype,
                               device=labels.device)
     valid = ~torch.isin(labels, ignored)
-    shift = (labels.unsqueeze(1) > ignored).sum(dim=1)
+    # Only ignored labels >= 0 free a logit column (a negative one, like
+    # the -1 of the PointTransformer, SparseConvUnet and PVCNN configs, is
+    # outside the label range), as in filter_valid_label.
+    freeing = torch.as_tensor([i for i in ignored_label_inds if i >= 0],
+                              dtype=labels.dtype, device=labels.device)
+    shift = (labels.unsqueeze(1) > freeing).sum(dim=1)
     indices = torch.where(valid, labels - shift, torch.zeros_like(labels))
     return indices, valid
 
@@ -178,7 +197,10 @@ def knn_neighbors(points, lengths, k):
 
 
 class NCMLoss(torch.nn.Module):
-    """Weighted NCM term of a KPConv batch: weight * KL(NCM_target, NCM_pred).
+    """Weighted NCM term of a batch: weight * KL(NCM_target, NCM_pred).
+
+    `term` takes any stacked batch (what each backbone's `ncm_layout` gives);
+    `forward` reads a KPConv batch.
 
     The target NCM comes from the labels (of the sphere, or of the whole scene
     with target 'scene', carried by the batch), the predicted one from the softmax
@@ -187,7 +209,7 @@ class NCMLoss(torch.nn.Module):
     """
 
     def __init__(self, num_classes, ignored_label_inds=(), weight=1.0,
-                 direction='forward', eps=1e-6, neighborhood='kpconv', k=16,
+                 direction='forward', eps=1e-6, neighborhood='model', k=16,
                  layer=0, target='sample'):
         super().__init__()
         self.cfg = NCMConfig.from_dict(
@@ -225,29 +247,55 @@ class NCMLoss(torch.nn.Module):
         return batch.neighbors[layer]
 
     def forward(self, logits, labels, batch):
-        """logits [N, C] float, labels [N] dataset labels, batch a KPConvBatch."""
-        if logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits have {logits.shape[1]} columns, "
-                             f"expected num_classes={self.num_classes}")
-        indices, valid = class_indices(labels.long(), self.num_classes,
-                                       self.ignored_label_inds)
+        """The term of a KPConv batch: logits [N, C] float, labels [N] dataset
+        labels, batch a KPConvBatch (its layer lists, pools and lengths)."""
         layer = self.cfg.layer
-        lengths = batch.lengths[layer]
+        target = (self.scene_targets(batch) if self.cfg.target == 'scene'
+                  else None)
+        pools = batch.pools[:layer] if layer else ()
+        return self.term(logits, labels, self.neighbors(batch),
+                         batch.lengths[layer], pools=pools, target=target)
+
+    def term(self, logits, labels, neighbors, lengths, pools=(), target=None):
+        """weight * KL of the NCMs of any stacked batch.
+
+        logits [N, C] float, labels [N] dataset labels: the rows the model's
+        loss reads. pools: pooling lists (KPConv's convention, each [M, K]
+        indexing the level before, index = its size for none) from those rows
+        to the points the NCM is taken on, which carry the mean class
+        distribution of the valid rows pooled into them (KPConv layer > 0,
+        SparseConvUnet's voxels); none: the rows themselves.
+        neighbors [M, K] and lengths [B] are of those points (index M = none).
+        target: [B, C, C] NCMs to pull to instead of the labels' own.
+        """
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"logits must be [N, num_classes="
+                             f"{self.num_classes}], got {tuple(logits.shape)}")
+        device = logits.device
+        indices, valid = class_indices(labels.reshape(-1).to(device).long(),
+                                       self.num_classes,
+                                       self.ignored_label_inds)
+        neighbors = neighbors.to(device, non_blocking=True)
+        lengths = lengths.to(device, non_blocking=True)
+        pools = [p.to(device, non_blocking=True) for p in pools]
         # float32 even under autocast: the KL of small probabilities needs it.
-        with torch.autocast(logits.device.type, enabled=False):
+        with torch.autocast(device.type, enabled=False):
             # One-hot by comparison: torch's one_hot reads the largest label
             # on the host. (A label out of range would get no class here;
             # the cross entropy beside this term fails on it.)
-            classes = torch.arange(self.num_classes, device=indices.device)
+            classes = torch.arange(self.num_classes, device=device)
             labels = (indices.unsqueeze(1) == classes).float()
             scores = torch.softmax(logits.float(), dim=1)
-            if layer > 0:
-                pools = batch.pools[:layer]
+            if len(pools):
                 labels, _ = pool_scores(labels, valid, pools)
                 scores, valid = pool_scores(scores, valid, pools)
-            adjacency = neighbor_matrix(self.neighbors(batch), lengths, valid)
-            if self.cfg.target == 'scene':
-                target = self.scene_targets(batch).to(logits.device).float()
+            # Without ignored labels every point is valid: the pairs need no
+            # validity check (a gather over all N x K slots), known from the
+            # config, not from the data.
+            adjacency = neighbor_matrix(
+                neighbors, lengths, valid if self.ignored_label_inds else None)
+            if target is not None:
+                target = target.to(device, non_blocking=True).float()
             else:
                 target = cooccurrence_from_matrix(labels, adjacency, lengths)
             prediction = cooccurrence_from_matrix(scores, adjacency, lengths)

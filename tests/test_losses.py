@@ -17,6 +17,16 @@ def test_class_indices_match_open3d_filter_valid_label():
     assert indices[valid].tolist() == stock.tolist() == [0, 1, 2, 3, 1, 3]
 
 
+def test_a_negative_ignored_label_moves_no_label():
+    """ignored_label_inds: [-1] (PointTransformer, SparseConvUnet, PVCNN
+    configs): -1 is invalid, every other label keeps its column."""
+    labels = torch.tensor([-1, 0, 1, 2, -1, 2])
+    indices, valid = class_indices(labels, 3, [-1])
+    _, stock = filter_valid_label(torch.zeros(6, 3), labels, 3, [-1], 'cpu')
+    assert valid.tolist() == [False, True, True, True, False, True]
+    assert indices[valid].tolist() == stock.tolist() == [0, 1, 2, 2]
+
+
 def test_out_of_range_labels_are_reported():
     with pytest.raises(ValueError, match='label 7'):
         checked_class_indices(torch.tensor([0, 7]), 3, [])

@@ -64,34 +64,29 @@ def _registered(kind, name):
 
 
 def check_model(model):
-    """model.ncm: NCMConfig's checks, read by NCMKPFCNN only; `k` only
-    with the knn neighborhood."""
-    from ..models import NCMKPFCNN
+    """model.ncm: NCMConfig's checks and the backbone's (`check_ncm`), read
+    by the NCM models only; `k` only with the knn neighborhood."""
+    from ..models import NCMTerm
     if 'ncm' not in model:
         return
     Model = _registered('model', model.get('name'))
-    if Model is not None and not issubclass(Model, NCMKPFCNN):
-        raise ValueError(f"model.ncm is read by NCMKPFCNN only, but "
+    if Model is not None and not issubclass(Model, NCMTerm):
+        raise ValueError(f"model.ncm is read by the NCM models only, but "
                          f"model.name is {model['name']!r}: set model.name: "
-                         f"NCMKPFCNN or remove model.ncm")
+                         f"NCM{model['name']} (if the plugin has it) or "
+                         f"remove model.ncm")
     section = model['ncm']
     if section is not None and not isinstance(section, dict):
         raise TypeError(f"model.ncm must be a mapping of settings, got "
                         f"{section!r}")
     ncm = NCMConfig.from_dict(section)
-    ncm.check_architecture(model.get('architecture') or
-                           _default_architecture())
+    if Model is not None:
+        Model.check_ncm(ncm, model)
     if 'k' in (section or {}) and ncm.neighborhood != 'knn':
         raise ValueError(f"model.ncm.k is used only with neighborhood: knn "
-                         f"(neighborhood is {ncm.neighborhood!r}, whose "
-                         f"neighbors are KPConv's layer-0 radius lists); "
-                         f"remove k or set neighborhood: knn")
-
-
-def _default_architecture():
-    """The architecture KPFCNN builds when the config names none."""
-    from open3d._ml3d.torch.models.kpconv import KPFCNN
-    return inspect.signature(KPFCNN.__init__).parameters['architecture'].default
+                         f"(neighborhood is {ncm.neighborhood!r}, the "
+                         f"backbone's own neighbor lists); remove k or set "
+                         f"neighborhood: knn")
 
 
 def check_pipeline(pipeline):

@@ -1,12 +1,19 @@
-"""The batcher of KPFCNN batches: collated on the CPU (in a worker, or in the
+"""The batchers: batches are collated on the CPU (in a worker, or in the
 main process with no worker), pinned by the DataLoader on CUDA, copied to the
-device by the training loop without blocking; it also carries the
-scene-level NCM targets (`model.ncm.target: scene`, see scene_target.py)."""
+device by the training loop (`move_batch`).
+
+KPFCNN: `NCMConcatBatcher`, which also carries the scene-level NCM targets
+(`model.ncm.target: scene`, see scene_target.py). Every other backbone:
+`NCMStockBatcher`, the stock batcher its config names, then the model's
+`ncm_collate` (its NCM neighborhood, found on the CPU here rather than in
+the training step).
+"""
 import contextlib
+import functools
 
 import numpy as np
 import torch
-from open3d._ml3d.torch.dataloaders import ConcatBatcher
+from open3d._ml3d.torch.dataloaders import ConcatBatcher, DefaultBatcher
 from open3d._ml3d.torch.dataloaders.concat_batcher import KPConvBatch
 
 from ..losses import knn_neighbors
@@ -122,3 +129,62 @@ class NCMConcatBatcher(ConcatBatcher):
             kept = len(out['data'].lengths[0])
             out['data'].ncm_target = torch.from_numpy(np.stack(targets[:kept]))
         return out
+
+
+# What a backbone's ncm_collate adds to a batch object or dict: names that
+# start with this travel with the batch (pinned, moved to the device).
+NCM_PREFIX = 'ncm_'
+
+
+class NCMStockBatcher:
+    """The stock batcher of `model.batcher` (DefaultBatcher or
+    ConcatBatcher, which dispatches on the stock model's name), on the CPU,
+    followed by `model.ncm_collate`."""
+
+    def __init__(self, model):
+        name = model.cfg.get('batcher', 'DefaultBatcher')
+        if name == 'DefaultBatcher':
+            self.stock = DefaultBatcher()
+        elif name == 'ConcatBatcher':
+            self.stock = ConcatBatcher(torch.device('cpu'), model.stock_name)
+        else:
+            raise ValueError(f"model.batcher must be DefaultBatcher or "
+                             f"ConcatBatcher, got {name!r}")
+        self.ncm_collate = model.ncm_collate
+
+    def collate_fn(self, batches):
+        seed = batch_seed(batches)
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            out = self.stock.collate_fn(batches)
+        out['data'] = self.ncm_collate(out['data'])
+        return out
+
+
+def _moved(value, function):
+    if isinstance(value, torch.Tensor):
+        return function(value)
+    if isinstance(value, list) and value and isinstance(value[0],
+                                                        torch.Tensor):
+        return [function(t) for t in value]
+    return value
+
+
+def move_batch(batch, device):
+    """Copy a collated batch to `device` (in place), the NCM's additions
+    included: a HostKPConvBatch without blocking, a dict of tensors (the
+    DefaultBatcher's) tensor by tensor without blocking, a stock batch
+    object with its own `to`."""
+    to_device = functools.partial(torch.Tensor.to, device=device,
+                                  non_blocking=True)
+    if isinstance(batch, HostKPConvBatch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        for key, value in batch.items():
+            batch[key] = _moved(value, to_device)
+        return batch
+    if hasattr(batch, 'to'):
+        batch.to(device)
+    for key, value in vars(batch).items():
+        if key.startswith(NCM_PREFIX):
+            setattr(batch, key, _moved(value, to_device))
+    return batch

@@ -16,7 +16,9 @@ Contents (a dict; `torch.load(..., weights_only=True)` reads it):
     optimizer_state_dict, scheduler_state_dict   as Open3D-ML
     scaler_state_dict     the GradScaler's, with pipeline.amp on CUDA
     random_states         one entry per rank: torch (+ CUDA), numpy and python
-                          `random` generator states, see `random_state()`
+                          `random` generator states, see `random_state()`,
+                          and the model's own numpy Generator (`model_rng`,
+                          see `generator_state()`)
     best                  {'metric': 'validation mIoU', 'value', 'epoch'} or None
     world_size            ranks of the run that wrote it
     format                CHECKPOINT_FORMAT
@@ -196,3 +198,24 @@ def set_random_state(state, device=None):
     if 'cuda' in state and device is not None and \
             torch.device(device).type == 'cuda':
         torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def generator_state(generator):
+    """A numpy Generator's state with its large integers as strings (a
+    weights_only load accepts them). Open3D-ML models draw their
+    augmentation (RandLA-Net, PointTransformer), their sampling (PVCNN) or
+    their grid placement (SparseConvUnet) from their own `model.rng`."""
+    return _map_ints(generator.bit_generator.state, str)
+
+
+def set_generator_state(generator, state):
+    generator.bit_generator.state = _map_ints(state, int)
+
+
+def _map_ints(state, convert):
+    if isinstance(state, dict):
+        return {key: _map_ints(value, convert) for key, value in state.items()}
+    if isinstance(state, (int, str)) and not isinstance(state, bool) and \
+            str(state).lstrip('-').isdigit():
+        return convert(state)
+    return state

@@ -1,9 +1,11 @@
 """NCMSemanticSegmentation: Open3D-ML's semantic-segmentation pipeline, plus
-what its own cannot do for a KPFCNN subclass.
+what its own cannot do for the NCM models (subclasses of the stock ones).
 
-- ConcatBatcher and the 3D summary dispatch on the model *name* ("KPFCNN");
-  here they dispatch on the class, so NCMKPFCNN (or any KPFCNN subclass) works;
-  the batcher also carries scene-level NCM targets (scene_target.py).
+- The batcher choice, ConcatBatcher and the 3D summary dispatch on the model
+  *name* ("KPFCNN", "RandLANet", ...); here they dispatch on the class, so
+  NCMKPFCNN (or any KPFCNN subclass) and the other NCM models work; KPFCNN's
+  batcher also carries scene-level NCM targets (scene_target.py), the
+  others' add what their NCM term needs (`ncm_collate`, batcher.py).
 - The training loop logs every loss term (cross entropy, regularizer, NCM)
   to the log file and TensorBoard.
 - It refuses to train on degenerate spheres (the stock random sampler with
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 from open3d._ml3d.torch.dataloaders import TorchDataloader, get_sampler
 from open3d._ml3d.torch.models.kpconv import KPFCNN
+from open3d._ml3d.torch.models.randlanet import RandLANet
 from open3d._ml3d.torch.modules.losses import SemSegLoss
 from open3d._ml3d.torch.modules.metrics import SemSegMetric
 from open3d._ml3d.torch.pipelines import SemanticSegmentation
@@ -48,7 +51,8 @@ from tqdm import tqdm
 
 from . import checkpoints, distributed
 from ..evaluation.recorder import TestRecorder
-from .batcher import NCMConcatBatcher
+from ..models import NCMTerm
+from .batcher import NCMConcatBatcher, NCMStockBatcher, move_batch
 from .interrupts import StepHook, StopRequest
 from .options import PipelineOptions
 from .precision import MixedPrecision
@@ -136,14 +140,20 @@ def make_deterministic(device):
 
 @contextlib.contextmanager
 def stock_model_name(model):
-    """Let Open3D-ML code that dispatches on the model name see 'KPFCNN'."""
-    name = model.cfg['name']
-    if isinstance(model, KPFCNN):
-        model.cfg['name'] = 'KPFCNN'
+    """Let Open3D-ML code that dispatches on the model name see the stock
+    model's ('KPFCNN' for NCMKPFCNN, 'RandLANet' for NCMRandLANet, ...).
+    Open3D-ML's Config reads items but has no item assignment: the name is
+    changed in the dict it wraps."""
+    settings = model.cfg._cfg_dict
+    name = settings['name']
+    if isinstance(model, NCMTerm):
+        settings['name'] = model.stock_name
+    elif isinstance(model, KPFCNN):
+        settings['name'] = 'KPFCNN'
     try:
         yield
     finally:
-        model.cfg['name'] = name
+        settings['name'] = name
 
 
 class _NoWriter:
@@ -154,7 +164,8 @@ class _NoWriter:
 
 
 class NCMSemanticSegmentation(SemanticSegmentation):
-    """SemanticSegmentation for NCMKPFCNN and other KPFCNN subclasses.
+    """SemanticSegmentation for NCMKPFCNN (and other KPFCNN subclasses) and
+    the other NCM models (models/).
 
     Extra pipeline settings: see `PipelineOptions` (num_workers, pin_memory,
     test_after_train, keep_checkpoints, amp, sync_batchnorm,
@@ -201,8 +212,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
 
     # -- dispatch on the class, not the name ------------------------------
     def get_batcher(self, device, split='training'):
-        """KPFCNN batches are collated on the CPU whatever `device`; the loops
-        copy them to the device."""
+        """Batches are collated on the CPU whatever `device`; the loops copy
+        them to the device. KPFCNN: NCMConcatBatcher; the other NCM models:
+        their stock batcher + the model's ncm_collate."""
         if isinstance(self.model, KPFCNN):
             ncm = getattr(self.model, 'ncm_loss', None)
             knn = None
@@ -211,9 +223,15 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 knn = (ncm.cfg.layer, ncm.cfg.k)
             return NCMConcatBatcher(sort_neighbors=self.options.deterministic,
                                     ncm_knn=knn)
+        if isinstance(self.model, NCMTerm):
+            return NCMStockBatcher(self.model)
         return super().get_batcher(device, split)
 
     def get_3d_summary(self, results, input_data, epoch, save_gt=True):
+        if isinstance(self.model, RandLANet) and 'xyz' not in input_data:
+            # The stock summary reads RandLA-Net's points as 'xyz'; its
+            # batches call them 'coords'.
+            input_data = {**input_data, 'xyz': input_data['coords']}
         with stock_model_name(self.model):
             return super().get_3d_summary(results, input_data, epoch, save_gt)
 
@@ -233,9 +251,22 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             steps_per_epoch=distributed.steps_per_rank(
                 dataset.cfg.get(steps_key, None), self.ranks.world_size))
         if isinstance(sampler, SharedSpatiallyRegularSampler):
+            if not isinstance(model, KPFCNN):
+                raise ValueError(
+                    f"dataset.sampler.name SharedSpatiallyRegularSampler "
+                    f"crops KPFCNN spheres (model.in_radius and point "
+                    f"limits); {type(model).__name__} chooses its own "
+                    f"points: use its stock config's sampler "
+                    f"(SemSegRandomSampler or SemSegSpatiallyRegularSampler)")
             torch_split = SphereDataset(model=model, **common)
             sampler.configure(*sphere_budget(model.cfg), seed=self.seed)
             requests = SphereRequests(sampler, len(torch_split))
+        elif num_workers > 0 and not isinstance(model, KPFCNN):
+            raise ValueError(
+                f"pipeline.num_workers={num_workers}: workers need the "
+                f"SharedSpatiallyRegularSampler, which crops KPFCNN spheres; "
+                f"{type(model).__name__} loads with "
+                f"pipeline.num_workers: 0 (docs/backbones.md says why)")
         elif num_workers > 0:
             raise ValueError(
                 f"pipeline.num_workers={num_workers} needs "
@@ -313,9 +344,10 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             for inputs in tqdm(timing.wrap(islice(loader, todo)), total=todo,
                                desc=phase, disable=not self.ranks.primary):
                 batch = inputs['data']
-                if train and not self._spheres_checked:
+                if train and not self._spheres_checked and \
+                        isinstance(model, KPFCNN):
                     self._check_spheres(loader, inputs, sampler)
-                batch.to(self.device, non_blocking=True)
+                move_batch(batch, self.device)
                 with self.precision.autocast():
                     results = forward(batch)
                     loss, gt_labels, predict_scores = model.get_loss(
@@ -589,6 +621,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         """
         states = {**checkpoints.random_state(self.device),
                   'samplers': self._sampler_states(steps_done is not None)}
+        if isinstance(getattr(self.model, 'rng', None), np.random.Generator):
+            states['model_rng'] = checkpoints.generator_state(self.model.rng)
         states = (distributed.gather_objects(states) if self.distributed
                   else [states])
         if not self.ranks.primary:
@@ -682,6 +716,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         states = ckpt.get('random_states')
         if states is not None and len(states) == self.ranks.world_size:
             checkpoints.set_random_state(states[self.ranks.rank], self.device)
+            if 'model_rng' in states[self.ranks.rank]:
+                checkpoints.set_generator_state(
+                    self.model.rng, states[self.ranks.rank]['model_rng'])
             for split, state in states[self.ranks.rank].get(
                     'samplers', {}).items():
                 self._samplers[split].load_state_dict(state)

@@ -1,4 +1,4 @@
-"""What the NCM term costs in a real KPConv training step.
+"""What the NCM term costs in a real training step (any NCM backbone).
 
 One realistic batch (a config's spheres, sampled by the real pipeline from
 real or generated data), then forward + backward of the model with and
@@ -22,22 +22,40 @@ import numpy as np
 import torch
 
 from ...config import load_config, resolve_config
+from ...training.batcher import move_batch
+from ...training.samplers import SharedSpatiallyRegularSampler
 from ..runner import build
+
+
+def demo_dataset(name, seed=0):
+    """A generated dataset for a config's dataset `name`, in a temporary
+    folder kept for the life of the process: S3DIS rooms, or ScanNet scenes
+    converted as preprocess_scannet.py does."""
+    folder = Path(tempfile.mkdtemp(prefix='ncm_bench_'))
+    if name == 'ScanNet20':
+        from ...datasets.scannet.convert import convert_scannet
+        from ...datasets.scannet.synthetic import write_demo_scannet
+        write_demo_scannet(folder / 'raw', seed=seed)
+        convert_scannet(folder / 'raw', folder / 'scannet', workers=1)
+        return folder / 'scannet'
+    if name not in ('S3DIS', 'RobustS3DIS'):
+        raise ValueError(f"the bench generates S3DIS or ScanNet20 data; give "
+                         f"--dataset_path for dataset.name {name!r}")
+    from ...datasets.s3dis.synthetic import write_demo_s3dis
+    write_demo_s3dis(folder / 's3dis', seed=seed)
+    return folder / 's3dis'
 
 
 def realistic_batch(config, dataset_path=None, device='cpu', seed=0,
                     overrides=None):
     """(model, inputs, loss_fn) for one training batch of `config`.
 
-    Without dataset_path, the synthetic S3DIS rooms are generated in a
-    temporary folder (kept for the life of the process).
+    Without dataset_path, synthetic data is generated (`demo_dataset`).
     """
     from open3d._ml3d.torch.modules.losses import SemSegLoss
     cfg = load_config(resolve_config(config))
     if dataset_path is None:
-        from ...datasets.s3dis.synthetic import write_demo_s3dis
-        dataset_path = Path(tempfile.mkdtemp(prefix='ncm_bench_')) / 's3dis'
-        write_demo_s3dis(dataset_path, seed=seed)
+        dataset_path = demo_dataset(cfg['dataset']['name'], seed)
     cfg['dataset']['dataset_path'] = str(dataset_path)
     cfg['dataset']['cache_dir'] = str(Path(dataset_path) / 'cache')
     cfg['pipeline'].update(device=device, num_workers=0,
@@ -49,8 +67,12 @@ def realistic_batch(config, dataset_path=None, device='cpu', seed=0,
     dataset, model, pipeline = build(cfg, seed)
     loader, sampler = pipeline._loader('train', cfg['pipeline']['batch_size'],
                                        'steps_per_epoch_train')
+    if not isinstance(sampler, SharedSpatiallyRegularSampler):
+        # What the training loop does for samplers that choose points where
+        # they are loaded (RandLA-Net's transform asks it).
+        model.trans_point_sampler = sampler.get_point_sampler()
     inputs = next(iter(loader))
-    inputs['data'].to(pipeline.device, non_blocking=True)
+    move_batch(inputs['data'], pipeline.device)
     model.to(pipeline.device)
     model.device = pipeline.device
     model.train()
@@ -61,9 +83,13 @@ def set_ncm_weight(model, weight):
     model.ncm_loss.cfg = dataclasses.replace(model.ncm_loss.cfg, weight=weight)
 
 
+def model_device(model):
+    return next(model.parameters()).device
+
+
 def train_step(model, inputs, loss_fn):
     """Forward + loss + backward; seconds, synchronised on CUDA."""
-    device = inputs['data'].features.device
+    device = model_device(model)
     if device.type == 'cuda':
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -95,13 +121,19 @@ def ncm_term_time(model, inputs, repeats):
     batch's real logits: the overhead without the noise of a whole step."""
     batch = inputs['data']
     logits = model(batch).detach().requires_grad_(True)
+    return ncm_term_time_on(model, logits, batch, repeats)
+
+
+def ncm_term_time_on(model, logits, batch, repeats):
+    """Median seconds of the NCM term on given logits (of a model's
+    output shape), forward + backward, as get_loss computes it."""
     device = logits.device
     times = []
     for _ in range(repeats + 1):
         if device.type == 'cuda':
             torch.cuda.synchronize()
         start = time.perf_counter()
-        model.ncm_loss(logits, batch.labels, batch).backward()
+        model.ncm_loss.term(*model.ncm_layout(logits, batch)).backward()
         if device.type == 'cuda':
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -171,7 +203,7 @@ def run(args):
             'peak_bytes': peaks, 'points': sum(lengths)}
 
 
-PARTS = ('step', 'scaling', 'throughput', 'convert', 'epoch')
+PARTS = ('step', 'scaling', 'throughput', 'convert', 'epoch', 'backbones')
 
 
 def main(argv=None):
@@ -183,7 +215,9 @@ def main(argv=None):
                         'classes; throughput: test-time points/s with and '
                         'without the plugin; convert: S3DIS conversion vs '
                         'the stock one; epoch: whole training epochs with '
-                        '0/1/2 workers and the stock run_train')
+                        '0/1/2 workers and the stock run_train; backbones: '
+                        'step overhead of every NCM backbone on its stock '
+                        'settings')
     parser.add_argument('--config', default='ncm_kpconv_s3dis.yml')
     parser.add_argument('--dataset_path',
                         help='raw S3DIS (default: generated synthetic rooms)')
@@ -206,6 +240,9 @@ def main(argv=None):
                         "1 gives steadier figures on a shared machine")
     parser.add_argument('--epochs', type=int, default=4,
                         help='epoch: epochs a run (the first is not timed)')
+    parser.add_argument('--backbones', nargs='+',
+                        help='backbones: the configs to measure (default: '
+                        'one per backbone, its S3DIS or ScanNet config)')
     parser.add_argument('--probe-weight', type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import logging
@@ -214,10 +251,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.probe_weight is not None:
         return probe(args)
-    from . import convert, epoch, scaling, throughput
+    from . import backbones, convert, epoch, scaling, throughput
     runners = {'step': run, 'scaling': scaling.run,
                'throughput': throughput.run,
-               'convert': convert.run, 'epoch': epoch.run}
+               'convert': convert.run, 'epoch': epoch.run,
+               'backbones': backbones.run}
     parts = PARTS if args.part == 'all' else (args.part,)
     return {part: runners[part](args) for part in parts}
 

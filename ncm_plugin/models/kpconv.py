@@ -1,32 +1,36 @@
 """NCMKPFCNN: Open3D-ML's KPFCNN whose training loss gains the NCM term."""
-import torch
+import inspect
+
 from open3d._ml3d.torch.models.kpconv import KPFCNN
 from open3d._ml3d.utils import MODEL
 
-from .losses import NCMConfig, NCMLoss
-from .scene_target import layer0_radius, scene_target
+from ..scene_target import layer0_radius, scene_target
+from .base import NCMLayout, NCMTerm
 
 
-class NCMKPFCNN(KPFCNN):
+class NCMKPFCNN(NCMTerm, KPFCNN):
     """KPFCNN + weight * NCM loss (Gong, Ye, Ma, CVM 2022).
 
     Everything but `get_loss` is the stock KPFCNN: same architecture,
     preprocessing, batching and inference. Settings live under `model.ncm`
     (see `NCMConfig`); with weight 0 the loss is exactly KPFCNN's.
-    """
 
-    def __init__(self, name='NCMKPFCNN', ncm=None, **kwargs):
-        ncm_cfg = NCMConfig.from_dict(ncm)
-        super().__init__(name=name, ncm=ncm_cfg.to_dict(), **kwargs)
-        ncm_cfg.check_architecture(self.cfg.architecture)
-        self.ncm_loss = NCMLoss(self.cfg.num_classes,
-                                self.cfg.ignored_label_inds,
-                                **ncm_cfg.to_dict())
-        self.loss_terms = {}
+    Neighborhood 'model': the radius lists KPConv's batcher builds for the
+    layer `model.ncm.layer` (layer 0: radius conv_radius *
+    first_subsampling_dl); 'knn': built by the pipeline's batcher. Only this
+    backbone supports `layer` > 0 and `target: scene`.
+    """
+    own_neighbors = "KPConv's radius neighbor lists of model.ncm.layer"
+
+    @classmethod
+    def check_ncm(cls, ncm_cfg, model_cfg, where='model.ncm'):
+        architecture = model_cfg.get('architecture') or inspect.signature(
+            KPFCNN.__init__).parameters['architecture'].default
+        ncm_cfg.check_architecture(architecture, where)
 
     @property
     def uses_scene_target(self):
-        return self.ncm_loss.cfg.target == 'scene' and self.ncm_loss.cfg.weight > 0
+        return self.ncm_loss.cfg.target == 'scene' and self.ncm_active
 
     def extra_repr(self):
         # Part of the model's repr, hence of Open3D-ML's preprocessing cache
@@ -63,24 +67,20 @@ class NCMKPFCNN(KPFCNN):
             out['ncm_target_list'] = [data['ncm_target']] * len(out['p_list'])
         return out
 
-    def get_loss(self, Loss, results, inputs, device):
-        """Stock loss (weighted CE + deformable regularizer) + NCM term.
+    def stock_terms(self, loss):
+        """KPFCNN's loss is cross entropy + deformable-offset regularizer."""
+        return {'cross_entropy': self.output_loss,
+                'regularizer': self.reg_loss}
 
-        Leaves the separate terms, as detached tensors on the device, in
-        `self.loss_terms` so the pipeline can log them (reading them here
-        would make every step wait for the device).
-        """
-        loss, labels, scores = super().get_loss(Loss, results, inputs, device)
-        terms = {'cross_entropy': self.output_loss, 'regularizer': self.reg_loss}
-        if self.ncm_loss.cfg.weight > 0:
-            batch = inputs['data']
-            ncm_term = self.ncm_loss(results, batch.labels, batch)
-            loss = loss + ncm_term
-            terms['ncm'] = ncm_term
-            terms['ncm_kl'] = self.ncm_loss.last_kl
-        self.loss_terms = {k: torch.as_tensor(v, device=loss.device).detach()
-                           for k, v in terms.items()}
-        return loss, labels, scores
+    def ncm_layout(self, results, batch):
+        """The input points (layer 0), or those of `layer` with the pooling
+        lists that lead there; neighbors as `NCMLoss.neighbors`."""
+        ncm = self.ncm_loss
+        layer = ncm.cfg.layer
+        target = ncm.scene_targets(batch) if ncm.cfg.target == 'scene' else None
+        return NCMLayout(results, batch.labels, ncm.neighbors(batch),
+                         batch.lengths[layer],
+                         batch.pools[:layer] if layer else (), target)
 
 
 MODEL._register_module(NCMKPFCNN, 'torch')

@@ -1,0 +1,96 @@
+"""The training loop's guarantees for a backbone other than KPFCNN
+(RandLA-Net, the cheapest on the CPU): same seed, same weights; a resumed
+run ends with the weights of an uninterrupted one; two ranks under torchrun
+keep equal replicas."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ncm_plugin.datasets.demo import write_demo
+from tiny_training import REPO
+
+RUNNER = REPO / 'tests' / 'distributed_run.py'
+SHRINK = ['--model.num_points', '2048', '--model.num_layers', '2',
+          '--model.sub_sampling_ratio', '[4, 4]', '--model.dim_output',
+          '[8, 16]', '--dataset.steps_per_epoch_train', '4',
+          '--dataset.steps_per_epoch_valid', '1', '--pipeline.batch_size', '2',
+          '--pipeline.val_batch_size', '1', '--dataset.test_area_idx', '3',
+          '--pipeline.deterministic', 'true', '--pipeline.save_ckpt_freq', '1']
+
+
+@pytest.fixture(scope='module')
+def s3dis(tmp_path_factory):
+    root = tmp_path_factory.mktemp('demo_s3dis') / 's3dis'
+    write_demo('s3dis', root, seed=0, areas=(1, 3))
+    # Converted once, before any run (two ranks would both convert).
+    from ncm_plugin.datasets.s3dis.convert import convert_s3dis
+    convert_s3dis(root, workers=1)
+    return root
+
+
+def run(data, folder, epochs, ranks=1, extra=()):
+    """tests/distributed_run.py (scripts/run_pipeline.py's main + a report
+    of the weights), alone or under a 2-rank torchrun; returns the reports."""
+    out = folder / 'ranks'
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob('rank*.json'):
+        old.unlink()
+    args = [str(RUNNER), str(out), 'torch', '-c', 'ncm_randlanet_s3dis.yml',
+            '--dataset_path', str(data), '--device', 'cpu',
+            '--main_log_dir', str(folder / 'logs'),
+            '--dataset.cache_dir', str(folder / 'cache'),
+            '--dataset.test_result_folder', str(folder / 'test'),
+            '--pipeline.max_epoch', str(epochs), *SHRINK, *extra]
+    launcher = ([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                 '--nproc_per_node', str(ranks)] if ranks > 1 else
+                [sys.executable])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}
+    done = subprocess.run(launcher + args, cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return [json.loads(p.read_text()) for p in sorted(out.glob('rank*.json'))]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(s3dis, tmp_path_factory):
+    """Weights after epochs 0..2 in one run."""
+    return run(s3dis, tmp_path_factory.mktemp('straight'), 2)[0]['weights']
+
+
+def test_same_seed_same_weights(s3dis, tmp_path, uninterrupted):
+    assert run(s3dis, tmp_path, 2)[0]['weights'] == uninterrupted
+
+
+def test_another_seed_other_weights(s3dis, tmp_path, uninterrupted):
+    assert run(s3dis, tmp_path, 2, extra=['--seed', '1'])[0]['weights'] != \
+        uninterrupted
+
+
+def test_resume_after_an_epoch_gives_the_uninterrupted_weights(
+        s3dis, tmp_path, uninterrupted):
+    run(s3dis, tmp_path, 0)
+    assert run(s3dis, tmp_path, 2)[0]['weights'] == uninterrupted
+
+
+def test_two_ranks_keep_equal_replicas(s3dis, tmp_path):
+    reports = run(s3dis, tmp_path, 1, ranks=2)
+    assert [(r['rank'], r['world_size']) for r in reports] == [(0, 2), (1, 2)]
+    assert reports[0]['weights'] == reports[1]['weights']
+    assert sum(map(sum, reports[0]['local_valid'])) > 0
+
+
+def test_workers_are_refused_with_the_reason(s3dis, tmp_path):
+    args = [sys.executable, str(REPO / 'scripts' / 'run_pipeline.py'),
+            'torch', '-c', 'ncm_randlanet_s3dis.yml', '--dataset_path',
+            str(s3dis), '--device', 'cpu',
+            '--main_log_dir', str(tmp_path / 'logs'),
+            '--dataset.cache_dir', str(tmp_path / 'cache'),
+            '--pipeline.num_workers', '2', *SHRINK]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert 'pipeline.num_workers=2' in done.stderr
+    assert 'NCMRandLANet' in done.stderr

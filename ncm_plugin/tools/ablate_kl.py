@@ -22,7 +22,11 @@ from .ablation import VARIANTS, ablate, select_variants
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='Every other option is given to each run_pipeline.py run: '
+        '--dataset_path PATH, --device cpu|cuda, dotted overrides such as '
+        '--pipeline.max_epoch 100.')
     parser.add_argument('--config', required=True,
                         help='an NCM config (path or name in configs/)')
     parser.add_argument('--out', help='output folder (default '

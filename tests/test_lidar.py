@@ -120,7 +120,8 @@ def test_splits_follow_the_file_lists(dataset, folder, tmp_path):
     with pytest.raises(FileNotFoundError,
                        match=r"dataset.test_files: 'nope\*' matches no"):
         LASDataset(str(folder), cache_dir=str(tmp_path), test_files=['nope*'])
-    with pytest.raises(ValueError, match=f'{VAL}.laz is in two splits'):
+    with pytest.raises(ValueError, match=r'dataset.val_files and dataset.'
+                       f'test_files: {VAL}.laz is in both splits'):
         LASDataset(str(folder), cache_dir=str(tmp_path), val_files=[VAL],
                    test_files=['*77060*'])
 

@@ -64,19 +64,18 @@ def select(tiles, patterns, key):
 
 def split_tiles(tiles, train_files, val_files, test_files):
     """{'train': [...], 'val': [...], 'test': [...]}; a tile in two splits
-    is an error."""
-    val = select(tiles, val_files, 'val_files')
-    test = select(tiles, test_files, 'test_files')
-    both = sorted(t.name for t in set(val) & set(test))
-    train = (select(tiles, train_files, 'train_files') if train_files
-             is not None else [t for t in tiles
-                               if t not in val and t not in test])
-    for name, other in (('val_files', val), ('test_files', test)):
-        both += sorted(t.name for t in set(train) & set(other))
+    is an error naming both keys."""
+    splits = {'val': select(tiles, val_files, 'val_files'),
+              'test': select(tiles, test_files, 'test_files')}
+    splits['train'] = (
+        select(tiles, train_files, 'train_files') if train_files is not None
+        else [t for t in tiles if t not in splits['val'] + splits['test']])
+    for one, other in (('train', 'val'), ('train', 'test'), ('val', 'test')):
+        both = sorted(t.name for t in set(splits[one]) & set(splits[other]))
         if both:
-            raise ValueError(f"dataset.train_files/{name}: {both[0]} is in "
-                             f"two splits")
-    return {'train': train, 'val': val, 'test': test}
+            raise ValueError(f"dataset.{one}_files and dataset.{other}_files: "
+                             f"{both[0]} is in both splits")
+    return {key: splits[key] for key in ('train', 'val', 'test')}
 
 
 class LASDataset(BaseDataset):
@@ -110,23 +109,23 @@ class LASDataset(BaseDataset):
         # Open3D-ML keys its preprocessing cache by the model only: below
         # the settings' own folder, a new class map cannot read stale labels.
         self.cfg.cache_dir = str(self.folder / 'preprocessed')
-        self.feature_columns = self._feature_columns()
+        self.feature_names = self._feature_names()
+        self.feature_columns = slice(0, len(self.feature_names))
         log.info('%s: %s tiles for train/val/test, features %s', dataset_path,
                  '/'.join(str(len(self.splits[k])) for k in SPLITS),
                  self.feature_names)
 
-    def _feature_columns(self):
-        """Columns of the converted features the model gets: colour kept
-        when asked for, or with 'auto' when every tile has some."""
+    def _feature_names(self):
+        """The features the model gets, in the converted arrays' column
+        order: colour kept when asked for, or with 'auto' when every tile
+        has some."""
         names = [m['feature_names'] for m in self.meta.values()]
-        columns = len(self.settings.features)
         with_colour = all(n[-3:] == list(COLOUR) for n in names) and (
             self.settings.colour is True or
             (self.settings.colour == 'auto' and
              all(m['colour_values'] for m in self.meta.values())))
-        self.feature_names = list(self.settings.features) + (
-            list(COLOUR) if with_colour else [])
-        return slice(0, columns + (3 if with_colour else 0))
+        return list(self.settings.features) + (list(COLOUR) if with_colour
+                                               else [])
 
     def display_colours(self, data):
         """[M, 3] colours in 0..1 of a cloud for the comparison's input view:

@@ -176,7 +176,10 @@ class Window:
             self.lines.put(line.rstrip('\n'))
         self.lines.put(None)
 
-    def wait_for(self, expected, timeout=120):
+    def wait_for(self, expected, timeout=300):
+        """Read the window's output until `expected`; `timeout` bounds a
+        hang only (software rendering on a loaded 2-core machine took more
+        than 120 s for one view)."""
         while True:
             try:
                 line = self.lines.get(timeout=timeout)

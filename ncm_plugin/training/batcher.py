@@ -17,7 +17,7 @@ from open3d._ml3d.torch.dataloaders import ConcatBatcher, DefaultBatcher
 from open3d._ml3d.torch.dataloaders.concat_batcher import KPConvBatch
 
 from ..losses import knn_neighbors
-from .samplers import batch_seed, seeded
+from .samplers import batch_seed, data_model, seeded
 
 # Tensor-valued attributes of a KPConvBatch: lists of tensors, then tensors.
 LIST_FIELDS = ('points', 'neighbors', 'pools', 'upsamples', 'lengths')
@@ -151,6 +151,12 @@ class NCMStockBatcher:
             raise ValueError(f"model.batcher must be DefaultBatcher or "
                              f"ConcatBatcher, got {name!r}")
         self.ncm_collate = model.ncm_collate
+
+    def __getstate__(self):
+        # A worker gets the parameter-free copy of the model, not its weights.
+        state = dict(self.__dict__)
+        state['ncm_collate'] = data_model(self.ncm_collate.__self__).ncm_collate
+        return state
 
     def collate_fn(self, batches):
         seed = batch_seed(batches)

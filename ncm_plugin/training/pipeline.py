@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from open3d._ml3d.datasets.samplers import SemSegRandomSampler
 from open3d._ml3d.torch.dataloaders import TorchDataloader, get_sampler
 from open3d._ml3d.torch.models.kpconv import KPFCNN
 from open3d._ml3d.torch.models.randlanet import RandLANet
@@ -54,6 +55,7 @@ from ..evaluation.recorder import TestRecorder
 from ..models import NCMTerm
 from .batcher import NCMConcatBatcher, NCMStockBatcher, move_batch
 from .interrupts import StepHook, StopRequest
+from .items import ItemRequests, SeededItemDataset
 from .options import PipelineOptions
 from .precision import MixedPrecision
 from .samplers import (SharedSpatiallyRegularSampler, SphereDataset,
@@ -261,18 +263,20 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             torch_split = SphereDataset(model=model, **common)
             sampler.configure(*sphere_budget(model.cfg), seed=self.seed)
             requests = SphereRequests(sampler, len(torch_split))
-        elif num_workers > 0 and not isinstance(model, KPFCNN):
-            raise ValueError(
-                f"pipeline.num_workers={num_workers}: workers need the "
-                f"SharedSpatiallyRegularSampler, which crops KPFCNN spheres; "
-                f"{type(model).__name__} loads with "
-                f"pipeline.num_workers: 0 (docs/backbones.md says why)")
+        elif not isinstance(model, KPFCNN) and \
+                type(sampler) is SemSegRandomSampler:
+            # Backbones that choose their own points: items requested and
+            # seeded in the main process (items.py), with or without workers.
+            torch_split = SeededItemDataset(model=model, **common)
+            requests = ItemRequests(len(split_data), len(torch_split),
+                                    self.seed)
         elif num_workers > 0:
             raise ValueError(
                 f"pipeline.num_workers={num_workers} needs "
-                f"dataset.sampler.name: SharedSpatiallyRegularSampler (got "
-                f"{type(sampler).__name__}, which chooses spheres where they "
-                f"are loaded)")
+                f"dataset.sampler.name SharedSpatiallyRegularSampler (KPFCNN) "
+                f"or SemSegRandomSampler (the other backbones); "
+                f"{type(sampler).__name__} chooses its points where they are "
+                f"loaded, so each worker would keep its own copy of its state")
         else:
             torch_split = TorchDataloader(transform=model.transform, **common)
             requests = get_sampler(sampler)
@@ -283,10 +287,15 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                            worker_init_fn=functools.partial(
                                worker_init, main_pid=os.getpid()),
                            timeout=self.options.step_timeout)
+        # Its own generator: a DataLoader draws a seed for its workers each
+        # time it starts an iteration (each epoch without persistent
+        # workers), and from torch's global generator that would shift the
+        # training step's draws (dropout) by the number of workers.
         loader = DataLoader(
             torch_split, batch_size=batch_size, sampler=requests,
             pin_memory=self.options.pin_memory and self.device.type == 'cuda',
-            collate_fn=self.get_batcher(self.device).collate_fn, **workers)
+            collate_fn=self.get_batcher(self.device).collate_fn,
+            generator=torch.Generator().manual_seed(self.seed), **workers)
         return loader, sampler
 
     # -- training ---------------------------------------------------------
@@ -330,6 +339,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             if train:
                 # A stop in this epoch saves this, and the resume replays it.
                 self._epoch_start_sampler = sampler.state_dict()
+            loader.sampler.skip(skip * loader.batch_size)
+        elif isinstance(loader.sampler, ItemRequests):
+            loader.sampler.start_epoch(epoch)
             loader.sampler.skip(skip * loader.batch_size)
         else:
             model.trans_point_sampler = sampler.get_point_sampler()

@@ -1,0 +1,107 @@
+"""Items of the backbones that choose their own points (RandLA-Net,
+PointTransformer, SparseConvUnet, PVCNN with the stock SemSegRandomSampler),
+requested in the main process and seeded one by one, so that DataLoader
+workers load exactly what the main process would.
+
+The stock random sampler draws its cloud order and each item's centre from
+the global generators of whichever process loads the item, and inside a
+DataLoader worker Open3D-ML's RandLA-Net `transform` and PVCNN's and
+SparseConvUnet's `preprocess` build their generator from the worker's seed
+on every call: every item a persistent worker loads would get the same
+draws. Here the main process sends (cloud, seed) requests, in the stock
+order (a permutation of the epoch's steps, modulo the clouds); the worker
+seeds the global generators and the model's own generator with the
+request's seed, and hides its worker identity from the model's code so that
+the model draws from that generator.
+"""
+import copy
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from open3d._ml3d.datasets.samplers import SemSegRandomSampler
+from open3d._ml3d.torch.dataloaders import TorchDataloader
+
+from .samplers import data_model, seeded, sphere_seed
+
+
+class ItemRequest(NamedTuple):
+    """One item: the cloud (index in the split) and the seed of its draws."""
+    cloud: int
+    seed: int
+
+
+class ItemRequests(torch.utils.data.Sampler):
+    """The DataLoader's sampler: `length` ItemRequests an epoch, in the
+    stock random sampler's order, seeded by (run seed, epoch, number);
+    `skip(n)` drops the epoch's first n (a resumed epoch)."""
+
+    def __init__(self, num_clouds, length, seed):
+        self.num_clouds, self.length, self.seed = int(num_clouds), int(length), seed
+        self.epoch, self._skip = 0, 0
+
+    def __len__(self):
+        return self.length
+
+    def start_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def skip(self, count):
+        self._skip = int(count)
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(
+            self.length) % self.num_clouds
+        for number in range(skip, self.length):
+            yield ItemRequest(int(order[number]),
+                              sphere_seed(self.seed, self.epoch, number))
+
+
+@contextmanager
+def as_main_process():
+    """torch.utils.data.get_worker_info() returns None inside the block:
+    Open3D-ML's models then draw from their own `rng` (seeded per item)
+    rather than from a generator rebuilt from the worker's seed."""
+    from torch.utils.data._utils import worker
+    saved = worker._worker_info
+    worker._worker_info = None
+    try:
+        yield
+    finally:
+        worker._worker_info = saved
+
+
+class SeededItemDataset(TorchDataloader):
+    """TorchDataloader whose index is an ItemRequest: the item of the
+    requested cloud, every random draw seeded by the request. A worker gets
+    a parameter-free copy of the model once, when it starts."""
+
+    def __init__(self, *args, model=None, **kwargs):
+        self.model = model
+        super().__init__(*args, transform=model.transform, **kwargs)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        bare = data_model(self.model)
+        bare.trans_point_sampler = None  # a closure; set again per item
+        state['model'], state['transform'] = bare, bare.transform
+        if state.get('preprocess') is not None:
+            state['preprocess'] = bare.preprocess
+        if state.get('cache_convert') is not None:
+            state['cache_convert'] = copy.copy(state['cache_convert'])
+            state['cache_convert'].func = bare.preprocess
+        return state
+
+    def __getitem__(self, request):
+        if not isinstance(request, ItemRequest):
+            raise TypeError(f"SeededItemDataset takes ItemRequests, got "
+                            f"{type(request).__name__}")
+        self.model.trans_point_sampler = SemSegRandomSampler.get_point_sampler()
+        self.model.rng = np.random.default_rng(request.seed)
+        with seeded(request.seed), as_main_process():
+            item = super().__getitem__(request.cloud)
+        # The batcher seeds its draws from its items' seeds (batch_seed).
+        item['attr'] = {**item['attr'], 'sphere_seed': request.seed}
+        return item

@@ -53,6 +53,21 @@ def train_then_test(config, dataset_path, root, extra_args):
     return root
 
 
+@pytest.fixture(scope='module')
+def scannet(tmp_path_factory):
+    """Generated ScanNet scenes (two training, one validation, one test),
+    converted."""
+    from ncm_plugin.datasets.scannet.convert import convert_scannet
+    from ncm_plugin.datasets.scannet.synthetic import write_demo_scannet
+    raw = tmp_path_factory.mktemp('scannet_raw')
+    write_demo_scannet(raw, seed=1, scenes={
+        'train': ('scene0000_00', 'scene0001_00'), 'val': ('scene0011_00',),
+        'test': ('scene0707_00',)})
+    out = tmp_path_factory.mktemp('scannet')
+    convert_scannet(raw, out, workers=1)
+    return out
+
+
 @pytest.fixture(autouse=True, scope='session')
 def kernel_cache(tmp_path_factory):
     """KPConv writes its kernel dispositions to ./kernels: keep them in tmp."""

@@ -107,19 +107,6 @@ COMMON = ['--dataset.steps_per_epoch_train', '4',
           '--pipeline.val_batch_size', '1', '--pipeline.deterministic', 'true']
 
 
-@pytest.fixture(scope='module')
-def scannet(tmp_path_factory):
-    from ncm_plugin.datasets.scannet.convert import convert_scannet
-    from ncm_plugin.datasets.scannet.synthetic import write_demo_scannet
-    raw = tmp_path_factory.mktemp('scannet_raw')
-    write_demo_scannet(raw, seed=1, scenes={
-        'train': ('scene0000_00', 'scene0001_00'), 'val': ('scene0011_00',),
-        'test': ('scene0707_00',)})
-    out = tmp_path_factory.mktemp('scannet')
-    convert_scannet(raw, out, workers=1)
-    return out
-
-
 @pytest.mark.parametrize('config', sorted(OTHERS))
 def test_workers_and_ranks_for_the_other_backbones(config, s3dis, scannet,
                                                    tmp_path):

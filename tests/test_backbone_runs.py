@@ -38,19 +38,6 @@ def s3dis(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope='module')
-def scannet(tmp_path_factory):
-    from ncm_plugin.datasets.scannet.convert import convert_scannet
-    from ncm_plugin.datasets.scannet.synthetic import write_demo_scannet
-    raw = tmp_path_factory.mktemp('scannet_raw')
-    write_demo_scannet(raw, seed=1, scenes={
-        'train': ('scene0000_00', 'scene0001_00'), 'val': ('scene0011_00',),
-        'test': ('scene0707_00',)})
-    out = tmp_path_factory.mktemp('scannet')
-    convert_scannet(raw, out, workers=1)
-    return out
-
-
 def ncm_kl_per_epoch(log):
     """Training ncm_kl of every epoch, from the log's loss-term lines."""
     return [float(v) for v in re.findall(

@@ -14,7 +14,6 @@ seeds the global generators and the model's own generator with the
 request's seed, and hides its worker identity from the model's code so that
 the model draws from that generator.
 """
-import copy
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -23,7 +22,7 @@ import torch
 from open3d._ml3d.datasets.samplers import SemSegRandomSampler
 from open3d._ml3d.torch.dataloaders import TorchDataloader
 
-from .samplers import data_model, seeded, sphere_seed
+from .samplers import data_model, preprocessed_by, seeded, sphere_seed
 
 
 class ItemRequest(NamedTuple):
@@ -87,12 +86,7 @@ class SeededItemDataset(TorchDataloader):
         bare = data_model(self.model)
         bare.trans_point_sampler = None  # a closure; set again per item
         state['model'], state['transform'] = bare, bare.transform
-        if state.get('preprocess') is not None:
-            state['preprocess'] = bare.preprocess
-        if state.get('cache_convert') is not None:
-            state['cache_convert'] = copy.copy(state['cache_convert'])
-            state['cache_convert'].func = bare.preprocess
-        return state
+        return preprocessed_by(state, bare)
 
     def __getitem__(self, request):
         if not isinstance(request, ItemRequest):

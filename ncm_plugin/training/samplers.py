@@ -279,6 +279,17 @@ def data_model(model):
     return bare
 
 
+def preprocessed_by(state, bare):
+    """The pickled state of a TorchDataloader whose preprocessing (direct or
+    through Open3D-ML's cache) runs on `bare`, a data_model copy."""
+    if state.get('preprocess') is not None:
+        state['preprocess'] = bare.preprocess
+    if state.get('cache_convert') is not None:
+        state['cache_convert'] = copy.copy(state['cache_convert'])
+        state['cache_convert'].func = bare.preprocess
+    return state
+
+
 class SphereDataset(TorchDataloader):
     """TorchDataloader whose index is a SphereRequest: the item is the
     requested sphere of the requested cloud, its random draws seeded by the
@@ -292,12 +303,7 @@ class SphereDataset(TorchDataloader):
         state = dict(self.__dict__)
         bare = data_model(self.sphere_transform.model)
         state['sphere_transform'] = state['transform'] = SphereTransform(bare)
-        if state.get('preprocess') is not None:
-            state['preprocess'] = bare.preprocess
-        if state.get('cache_convert') is not None:
-            state['cache_convert'] = copy.copy(state['cache_convert'])
-            state['cache_convert'].func = bare.preprocess
-        return state
+        return preprocessed_by(state, bare)
 
     def __getitem__(self, request):
         if not isinstance(request, SphereRequest):

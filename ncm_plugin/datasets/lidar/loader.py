@@ -21,14 +21,13 @@ import numpy as np
 from open3d._ml3d.datasets.base_dataset import BaseDataset, BaseDatasetSplit
 from open3d._ml3d.utils import DATASET
 
+from ..splits import SPLITS, split_list
 from .convert import conversion_folder, convert_tiles, output_paths
 from .las import COLOUR, labels_to_codes, write_classified
 from .settings import LidarSettings
 
 log = logging.getLogger(__name__)
 
-SPLITS = {'train': ('train', 'training'), 'val': ('val', 'validation', 'valid'),
-          'test': ('test', 'testing')}
 SUFFIXES = ('.las', '.laz')
 
 
@@ -150,13 +149,7 @@ class LASDataset(BaseDataset):
 
     def get_split_list(self, split):
         """Tile paths of a split."""
-        for key, aliases in SPLITS.items():
-            if split in aliases:
-                return list(self.splits[key])
-        if split == 'all':
-            return sum(self.splits.values(), [])
-        raise ValueError(f"Invalid split {split!r}: use one of "
-                         f"{sum(SPLITS.values(), ()) + ('all',)}")
+        return split_list(self.splits, split)
 
     def result_path(self, attr):
         source = Path(attr['path'])

@@ -24,6 +24,8 @@ from open3d._ml3d.datasets import scannet as stock_scannet
 from open3d._ml3d.datasets.scannet import Scannet, ScannetSplit
 from open3d._ml3d.utils import DATASET, make_dir
 
+from ..splits import SPLITS, split_list
+
 log = logging.getLogger(__name__)
 
 # The benchmark's classes: (NYU40 id, name); label i + 1 is CLASSES[i].
@@ -34,8 +36,6 @@ CLASSES = ((1, 'wall'), (2, 'floor'), (3, 'cabinet'), (4, 'bed'), (5, 'chair'), 
            (39, 'otherfurniture'))
 NYU40_IDS = np.array([nyu for nyu, _ in CLASSES])
 UNLABELED = 0
-SPLITS = {'train': ('train', 'training'), 'val': ('val', 'validation', 'valid'),
-          'test': ('test', 'testing')}
 # Open3D-ML's copy of the official lists (1201 / 312 / 100 scenes).
 STOCK_LISTS = Path(stock_scannet.__file__).parent / '_resources' / 'scannet'
 
@@ -112,14 +112,8 @@ class ScanNet20(Scannet):
         return ScanNet20Split(self, split=split)
 
     def get_split_list(self, split):
-        for key, aliases in SPLITS.items():
-            if split in aliases:
-                return {'train': self.train_scenes, 'val': self.val_scenes,
-                        'test': self.test_scenes}[key]
-        if split == 'all':
-            return self.train_scenes + self.val_scenes + self.test_scenes
-        raise ValueError(f'Invalid split {split!r}: use one of '
-                         f'{sum(SPLITS.values(), ()) + ("all",)}')
+        return split_list({'train': self.train_scenes, 'val': self.val_scenes,
+                           'test': self.test_scenes}, split)
 
     def read_label(self, scene):
         """Stock boxes and instances, and the 20-class labels ``[N] int32`` of ``scene``."""

@@ -29,12 +29,10 @@ from open3d._ml3d.datasets.base_dataset import BaseDatasetSplit
 from open3d._ml3d.datasets.semantic3d import Semantic3D
 from open3d._ml3d.utils import DATASET, make_dir
 
+from ..splits import split_list
 from .convert import ScanFiles, output_paths, read_raw_scan, write_label_lines
 
 log = logging.getLogger(__name__)
-
-SPLITS = {'train': ('train', 'training'), 'val': ('val', 'validation', 'valid'),
-          'test': ('test', 'testing')}
 
 
 class Scan(NamedTuple):
@@ -95,13 +93,7 @@ class RobustSemantic3D(Semantic3D):
         groups = {'test': [s for s in self.scans if s.labels is None],
                   'val': [s for s in self.scans if s.labels is not None and is_val(s)],
                   'train': [s for s in self.scans if s.labels is not None and not is_val(s)]}
-        for key, aliases in SPLITS.items():
-            if split in aliases:
-                return groups[key]
-        if split == 'all':
-            return list(self.scans)
-        raise ValueError(f'Invalid split {split!r}: use one of '
-                         f'{sum(SPLITS.values(), ()) + ("all",)}')
+        return split_list(groups, split, everything=self.scans)
 
     def result_path(self, attr):
         return Path(self.cfg.test_result_folder) / self.name / f"{attr['name']}.labels"

@@ -59,8 +59,8 @@ def measure(config, args):
 
 
 def table(rows, device):
-    lines = [f"| backbone | config | points a batch | step without NCM | "
-             f"with NCM | overhead | NCM term alone |",
+    lines = ["| backbone | config | points a batch | step without NCM | "
+             "with NCM | overhead | NCM term alone |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r['forward_runs']:

@@ -149,15 +149,18 @@ def class_indices(labels, num_classes, ignored_label_inds):
     host (the training step calls it); `checked_class_indices` also checks
     the label range.
     """
-    ignored = torch.as_tensor(list(ignored_label_inds), dtype=labels.dtype,
-                              device=labels.device)
-    valid = ~torch.isin(labels, ignored)
-    # Only ignored labels >= 0 free a logit column (a negative one, like
-    # the -1 of the PointTransformer, SparseConvUnet and PVCNN configs, is
-    # outside the label range), as in filter_valid_label.
-    freeing = torch.as_tensor([i for i in ignored_label_inds if i >= 0],
-                              dtype=labels.dtype, device=labels.device)
-    shift = (labels.unsqueeze(1) > freeing).sum(dim=1)
+    # Compared with Python numbers, one op per ignored label: a tensor of
+    # them built on the device would be a blocking host-to-device copy in
+    # every step.
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    shift = torch.zeros_like(labels)
+    for ignored in ignored_label_inds:
+        valid &= labels != int(ignored)
+        # Only ignored labels >= 0 free a logit column (a negative one, like
+        # the -1 of the PointTransformer, SparseConvUnet and PVCNN configs,
+        # is outside the label range), as in filter_valid_label.
+        if ignored >= 0:
+            shift += labels > int(ignored)
     indices = torch.where(valid, labels - shift, torch.zeros_like(labels))
     return indices, valid
 

@@ -16,6 +16,18 @@ For one cloud with per-point class distributions s_i and neighborhoods N(i):
 Only pairs (i, j) where both points are valid and belong to the same cloud
 count. The neighbor sum is a sparse (pairs x scores) product, so memory is
 O(N*C + B*C*C) beside the pair list, never O(N*K*C).
+
+Sparse layout (of the neighbor and pooling matrices): lists [R, K] into D
+points give a CSR matrix [R, D + K] with K stored entries in every row, so
+its size is known without reading the lists on the host (compacting them
+would be a device sync in every training step). A row holds the columns that
+count (< D), sorted, distinct, valued by how often the list names them, then
+its other slots *parked*: slot s at column D + s, value 0. Columns are then
+sorted and distinct in every row (torch's CSR invariants, which cuSPARSE
+assumes), and the padding stays in its own row: no row of the matrix or of
+its transpose collects the padding of the whole batch, which would serialise
+a row-parallel GPU product there. The dense operand [D, C] is padded with K
+zero rows for the product (`sparse_product`).
 """
 import warnings
 
@@ -29,17 +41,19 @@ DIRECTIONS = ('forward', 'reverse')
 
 
 def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
-    """Sparse 0/1 adjacency [N, N] (CSR) of the pairs that count for the NCM.
-
-    Row i holds the neighbors j of point i that are real (not the shadow),
-    not i itself, in the same cloud as i, and, with `valid`, valid like i.
-    Clouds are contiguous in a stacked batch, so "same cloud" is a bounds
-    check per row. Computed once per batch, shared by target and prediction.
-
-    Every row keeps its K slots (pairs that do not count are stored zeros):
-    compacting them would need their number on the host, a device sync in
-    every training step.
+    """Sparse adjacency [N, N + K] (CSR, the layout above) of the pairs that
+    count for the NCM (`counted_slots`). Computed once per batch, shared by
+    target and prediction.
     """
+    keep = counted_slots(neighbors, lengths, valid)
+    return _padded_csr(neighbors, keep, neighbors.shape[0], dtype)
+
+
+def counted_slots(neighbors, lengths, valid=None):
+    """[N, K] bool: slot k of point i names a neighbor j that counts: real
+    (not the shadow), not i itself, in the same cloud as i, and, with
+    `valid`, valid like i. Clouds are contiguous in a stacked batch, so
+    "same cloud" is a bounds check per row."""
     num_points = neighbors.shape[0]
     device = neighbors.device
     lengths = lengths.to(device).long()
@@ -54,27 +68,58 @@ def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
         padded = torch.cat([valid, valid.new_zeros(1)])
         keep &= valid.unsqueeze(1) & padded[torch.where(keep, neighbors,
                                                         num_points)]
-    return _dense_rows_csr(neighbors, keep, num_points, dtype)
+    return keep
 
 
-def _dense_rows_csr(indices, keep, num_columns, dtype):
-    """CSR [N, num_columns] with K stored entries a row: indices [N, K] where
-    keep [N, K], value 1, else a stored 0 (at column 0)."""
+def _padded_csr(indices, keep, num_columns, dtype):
+    """CSR [R, num_columns + K] in the layout above: the columns indices
+    [R, K] where keep [R, K], each valued by how often its row names it;
+    every other slot parked.
+
+    A first sort a row brings a column's repeats together (the kept
+    columns, < num_columns, come first); the first of them stays, the others
+    are parked like the dropped slots; a second sort puts the parked slots
+    after the counted ones. Sorted as int32 when the columns fit (faster
+    than int64).
+    """
     num_rows, width = indices.shape
-    crow = torch.arange(num_rows + 1, device=indices.device) * width
-    columns = torch.where(keep, indices, torch.zeros_like(indices)).long()
+    device = indices.device
+    index_dtype = (torch.int32 if num_columns + width < 2**31 else
+                   torch.long)
+    slots = torch.arange(width, device=device, dtype=index_dtype)
+    columns = torch.sort(torch.where(keep, indices.to(index_dtype),
+                                     num_columns + slots), dim=1).values
+    counted = columns < num_columns
+    counted[:, 1:] &= columns[:, 1:] != columns[:, :-1]
+    columns, first_slots = torch.sort(
+        torch.where(counted, columns, num_columns + slots), dim=1)
+    # A counted entry's repeats followed it in the first sort, up to the
+    # next counted entry (or the end of the kept ones): its value.
+    counted = columns < num_columns
+    ends = torch.where(_shifted(counted, False), _shifted(first_slots, 0),
+                       keep.sum(1, keepdim=True))
+    values = torch.where(counted, ends - first_slots, 0)
+    crow = torch.arange(num_rows + 1, device=device) * width
     return torch.sparse_csr_tensor(
-        crow, columns.reshape(-1), keep.reshape(-1).to(dtype),
-        (num_rows, num_columns), check_invariants=False)
+        crow, columns.reshape(-1).long(), values.reshape(-1).to(dtype),
+        (num_rows, num_columns + width), check_invariants=False)
+
+
+def _shifted(rows, fill):
+    """rows [R, K] moved one slot left, `fill` in the last slot."""
+    out = torch.full_like(rows, fill)
+    out[:, :-1] = rows[:, 1:]
+    return out
 
 
 def pooling_matrix(pools, num_fine, dtype=torch.float32):
-    """Sparse 0/1 matrix [M, num_fine] (CSR) of KPConv's pooling lists.
+    """Sparse 0/1 matrix [M, num_fine + K] (CSR, the layout above) of
+    KPConv's pooling lists.
 
     pools [M, K]: for every point of a coarser layer, the points of the finer
     layer (num_fine of them) within its pooling radius; index num_fine = none.
     """
-    return _dense_rows_csr(pools, pools < num_fine, num_fine, dtype)
+    return _padded_csr(pools, pools < num_fine, num_fine, dtype)
 
 
 def pool_scores(scores, valid, pools):
@@ -101,58 +146,93 @@ def pool_scores(scores, valid, pools):
 
 
 def transpose_csr(matrix):
-    """The transpose of a sparse CSR matrix [R, C], as CSR [C, R].
+    """The transpose [D, R + P] (CSR, padded) of a matrix [R, D + K] of the
+    layout above: the matrix the backward multiplies.
 
-    Sorting the column indices as int32 (when they fit) is ~2x faster than
-    the int64 sort torch's own transpose does."""
-    crow, columns = matrix.crow_indices(), matrix.col_indices()
-    num_rows, num_columns = matrix.shape
-    rows = torch.repeat_interleave(
-        torch.arange(num_rows, device=columns.device), crow[1:] - crow[:-1],
-        output_size=columns.numel())
-    keys = columns.int() if num_columns < 2**31 else columns
-    order = torch.argsort(keys, stable=True)
-    # Entries per column by a scatter: bincount would read the largest index
-    # on the host.
-    counts = torch.zeros(num_columns, dtype=torch.long, device=columns.device)
-    counts.scatter_add_(0, columns, torch.ones_like(columns))
-    new_crow = torch.zeros(num_columns + 1, dtype=torch.long,
-                           device=columns.device)
-    new_crow[1:] = torch.cumsum(counts, 0)
-    return torch.sparse_csr_tensor(new_crow, rows[order],
-                                   matrix.values()[order],
-                                   (num_columns, num_rows),
-                                   check_invariants=False)
+    A counted entry (r, c) becomes (c, r). A parked entry, slot s of row r,
+    is parked again: at row r mod D, column R + (r // D) * K + s. Columns
+    stay distinct, and row j holds its in-degree plus the parked slots of
+    rows j, j + D, ... (row j alone when R <= D, as for neighbor and
+    pooling matrices), never the padding of the whole batch.
+
+    One stable sort of the new rows, counted entries keyed before the
+    parked ones of their row (key 2 * row, or 2 * row + 1), as int32 when
+    the keys fit (~2x faster than the int64 sort of torch's own
+    transpose). Within a key the entries keep their source order, so every
+    row's columns come out sorted.
+    """
+    num_rows, padded_columns = matrix.shape
+    values = matrix.values()
+    device = values.device
+    width = values.numel() // num_rows if num_rows else 0
+    num_columns = padded_columns - width
+    if num_columns == 0:  # no rows to transpose into, nor any gradient
+        return torch.sparse_csr_tensor(
+            torch.zeros(1, dtype=torch.long, device=device),
+            matrix.col_indices()[:0], values[:0], (0, num_rows),
+            check_invariants=False)
+    blocks = -(-num_rows // num_columns)  # source rows parking in one row
+    new_width = num_rows + blocks * width
+    index_dtype = (torch.int32 if 2 * max(num_columns, new_width) < 2**31
+                   else torch.long)
+    rows = torch.arange(num_rows, device=device,
+                        dtype=index_dtype).unsqueeze(1)
+    slots = torch.arange(width, device=device, dtype=index_dtype)
+    columns = matrix.col_indices().view(num_rows, width).to(index_dtype)
+    counted = columns < num_columns
+    keys = torch.where(counted, 2 * columns, 2 * (rows % num_columns) + 1)
+    new_columns = torch.where(
+        counted, rows, num_rows + (rows // num_columns) * width + slots)
+    keys, order = torch.sort(keys.reshape(-1), stable=True)
+    # Entries before each row by a search of the sorted keys: bincount
+    # would read the largest index on the host.
+    crow = torch.searchsorted(keys, 2 * torch.arange(
+        num_columns + 1, device=device, dtype=index_dtype))
+    return torch.sparse_csr_tensor(
+        crow, new_columns.reshape(-1)[order].long(), values[order],
+        (num_columns, new_width), check_invariants=False)
+
+
+def _padded(dense, num_rows):
+    """dense [D, C] with zero rows appended up to num_rows: the operand of
+    a matrix of the layout above, whose parked columns index them."""
+    missing = num_rows - dense.shape[0]
+    if missing < 0:
+        raise ValueError(f"a sparse matrix with {num_rows} columns cannot "
+                         f"multiply {dense.shape[0]} rows")
+    return torch.cat([dense, dense.new_zeros((missing,) + dense.shape[1:])])
 
 
 class _NeighborSum(torch.autograd.Function):
-    """adjacency @ scores with a cheaper backward: adjacency^T @ grad, the
-    transpose built once by `transpose_csr` (autograd's own CSR backward
-    spends most of the NCM term's time transposing)."""
+    """matrix @ dense with a cheaper backward: the padded transpose
+    (`transpose_csr`) @ grad (autograd's own CSR backward spends most of
+    the NCM term's time transposing)."""
 
     @staticmethod
-    def forward(ctx, adjacency, scores):
-        ctx.adjacency = adjacency
-        return adjacency @ scores
+    def forward(ctx, matrix, dense):
+        ctx.matrix = matrix
+        return matrix @ _padded(dense, matrix.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
-        return None, transpose_csr(ctx.adjacency) @ grad
+        transpose = transpose_csr(ctx.matrix)
+        return None, transpose @ _padded(grad, transpose.shape[1])
 
 
 def sparse_product(matrix, dense):
-    """matrix @ dense for a sparse CSR matrix, with the cheaper backward of
-    _NeighborSum when `dense` needs a gradient."""
+    """matrix @ dense for a sparse CSR matrix [R, D + K] of the layout above
+    and dense [D, C] -> [R, C] (the parked columns multiply zero rows), with
+    the cheaper backward of _NeighborSum when `dense` needs a gradient."""
     matrix = matrix.to(dense.dtype)
     if dense.requires_grad:
         return _NeighborSum.apply(matrix, dense)
-    return matrix @ dense
+    return matrix @ _padded(dense, matrix.shape[1])
 
 
 def cooccurrence_from_matrix(scores, adjacency, lengths):
     """NCM of every cloud given the `neighbor_matrix` of the batch.
 
-    scores [N, C], adjacency [N, N] sparse, lengths [B] -> [B, C, C].
+    scores [N, C], adjacency [N, N + K] sparse, lengths [B] -> [B, C, C].
     """
     num_points, num_classes = scores.shape
     num_clouds = lengths.shape[0]

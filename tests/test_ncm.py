@@ -4,8 +4,12 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_MODEL, kpconv_batch, tiny_scene
+from ncm_plugin.models import NCMKPFCNN
 from ncm_plugin.ncm import (cooccurrence, ncm_kl, neighbor_matrix, pool_scores,
-                            smooth, transpose_csr)
+                            pooling_matrix, smooth, sparse_product,
+                            transpose_csr)
+from test_backbones import BACKBONES, make_batch
 
 
 def brute_force_ncm(scores, neighbors, lengths, valid=None):
@@ -232,12 +236,159 @@ def test_pooled_scores_are_count_weighted_means_of_valid_points():
     assert valid_2.tolist() == [True]
 
 
-def test_transpose_csr_matches_the_dense_transpose():
-    scores, neighbors, lengths = random_batch([6, 9], 3, 5, seed=3)
-    adjacency = neighbor_matrix(neighbors, lengths, dtype=torch.float64)
-    adjacency = torch.sparse_csr_tensor(
-        adjacency.crow_indices(), adjacency.col_indices(),
-        torch.arange(1., adjacency.values().numel() + 1, dtype=torch.float64),
-        adjacency.shape, check_invariants=False)
-    torch.testing.assert_close(transpose_csr(adjacency).to_dense(),
-                               adjacency.to_dense().T)
+def test_transpose_csr_is_the_transpose_of_the_counted_columns():
+    # Neighbor matrix (rows = columns) and a pooling matrix with more rows
+    # than columns (several rows park in one row of the transpose).
+    _, neighbors, lengths = random_batch([6, 9], 3, 5, seed=3)
+    pools = torch.randint(0, 5, (7, 3), generator=torch.Generator().manual_seed(0))
+    for matrix, num_columns in ((neighbor_matrix(neighbors, lengths), 15),
+                                (pooling_matrix(pools, 4), 4)):
+        num_rows = matrix.shape[0]
+        # Distinct values for every stored entry, the parked ones too.
+        matrix = torch.sparse_csr_tensor(
+            matrix.crow_indices(), matrix.col_indices(),
+            torch.arange(1., matrix.values().numel() + 1), matrix.shape,
+            check_invariants=True)
+        transpose = checked_csr(transpose_csr(matrix))
+        assert transpose.shape[0] == num_columns
+        torch.testing.assert_close(transpose.to_dense()[:, :num_rows],
+                                   matrix.to_dense()[:, :num_columns].T)
+        # Every parked entry is parked again, none lost.
+        torch.testing.assert_close(
+            transpose.to_dense()[:, num_rows:].sum(),
+            matrix.to_dense()[:, num_columns:].sum())
+
+
+def checked_csr(matrix):
+    """The matrix, rebuilt with torch's CSR invariants checked (sorted,
+    distinct columns in every row)."""
+    return torch.sparse_csr_tensor(matrix.crow_indices(), matrix.col_indices(),
+                                   matrix.values(), matrix.shape,
+                                   check_invariants=True)
+
+
+def test_a_neighbor_listed_twice_counts_twice():
+    neighbors = torch.tensor([[2, 1, 2, 3], [3, 3, 0, 0], [3, 3, 3, 3]])
+    matrix = checked_csr(neighbor_matrix(neighbors, torch.tensor([3])))
+    # Row 0: point 2 twice, point 1 once (3 is the shadow); row 1: point 0
+    # twice; row 2: only shadows.
+    expected = torch.zeros(3, 3)
+    expected[0, 1], expected[0, 2], expected[1, 0] = 1, 2, 2
+    torch.testing.assert_close(matrix.to_dense()[:, :3], expected)
+    assert matrix.to_dense()[:, 3:].abs().sum() == 0
+
+
+# The sparse matrices on the neighbor and pooling lists the backbones'
+# batches carry, against a gather-sum written from the lists themselves.
+
+def pairs_that_count(neighbors, lengths, valid):
+    """keep [N, K]: neighbor j of point i is real, not i, in i's cloud, and
+    both are valid."""
+    num_points = neighbors.shape[0]
+    neighbors = neighbors.long()
+    cloud = torch.repeat_interleave(torch.arange(len(lengths)), lengths.long())
+    cloud_of = torch.cat([cloud, torch.tensor([-1])])
+    valid_of = torch.cat([valid, torch.tensor([False])])
+    return ((neighbors != num_points) &
+            (neighbors != torch.arange(num_points).unsqueeze(1)) &
+            (cloud_of[neighbors] == cloud.unsqueeze(1)) &
+            valid.unsqueeze(1) & valid_of[neighbors])
+
+
+def gather_sum(dense, indices, keep):
+    """[R, C]: sum over k of dense[indices[r, k]] where keep[r, k]."""
+    padded = torch.cat([dense, dense.new_zeros(1, dense.shape[1])])
+    gathered = padded[torch.where(keep, indices.long(), dense.shape[0])]
+    return (gathered * keep.unsqueeze(2)).sum(1)
+
+
+def kpconv_lists():
+    """The lists of a KPConv batch: layer 0 and 1 neighbors, pools 0 -> 1."""
+    model = NCMKPFCNN(**{**TINY_MODEL, 'ncm': {'weight': 1.0}})
+    batch = kpconv_batch(model, [tiny_scene(0), tiny_scene(1)])['data']
+    return {'KPConv layer 0': (batch.neighbors[0], batch.lengths[0]),
+            'KPConv layer 1': (batch.neighbors[1], batch.lengths[1]),
+            'KPConv pools 0-1': (batch.pools[0], batch.neighbors[0].shape[0])}
+
+
+def backbone_lists(name, hood):
+    """The lists the NCM term of a backbone reads (its ncm_layout), on the
+    batch tests/test_backbones.py builds."""
+    _, Model, cfg, _, _ = BACKBONES[name]
+    model = Model(**cfg, ncm={'weight': 1.0, 'neighborhood': hood})
+    batch = make_batch(model, name)['data']
+    labels = {'RandLANet': lambda: batch['labels'],
+              'PVCNN': lambda: batch['label'],
+              'PointTransformer': lambda: batch.label,
+              'SparseConvUnet': lambda: torch.cat(batch.label)}[name]()
+    layout = model.ncm_layout(torch.zeros(*labels.shape, 3), batch)
+    lists = {f'{name} {hood}': (layout.neighbors, layout.lengths)}
+    if layout.pools:
+        members, = layout.pools
+        lists[f'{name} voxels'] = (members, labels.numel())
+    return lists
+
+
+@pytest.fixture(scope='module')
+def real_lists():
+    lists = kpconv_lists()
+    for name, hood in [('RandLANet', 'model'), ('RandLANet', 'knn'),
+                       ('PointTransformer', 'knn'),
+                       ('SparseConvUnet', 'knn'), ('PVCNN', 'knn')]:
+        lists.update(backbone_lists(name, hood))
+    return lists
+
+
+REAL_LISTS = ['KPConv layer 0', 'KPConv layer 1', 'KPConv pools 0-1',
+              'RandLANet model', 'RandLANet knn', 'PointTransformer knn',
+              'SparseConvUnet knn', 'SparseConvUnet voxels', 'PVCNN knn']
+
+
+def matrix_and_reference(real_lists, name, seed):
+    """(matrix, its lists [R, K], keep [R, K], number of dense rows)."""
+    indices, second = real_lists[name]
+    gen = torch.Generator().manual_seed(seed)
+    if 'pools' in name or 'voxels' in name:
+        num_fine = second
+        return (pooling_matrix(indices, num_fine, torch.float64), indices,
+                indices < num_fine, num_fine)
+    lengths = second
+    valid = torch.rand(indices.shape[0], generator=gen) > 0.2
+    return (neighbor_matrix(indices, lengths, valid, torch.float64), indices,
+            pairs_that_count(indices, lengths, valid), indices.shape[0])
+
+
+@pytest.mark.parametrize('name', REAL_LISTS)
+def test_products_and_gradients_equal_a_gather_sum(real_lists, name):
+    matrix, indices, keep, num_dense = matrix_and_reference(real_lists, name, 0)
+    assert keep.any() and not keep.all(), "nothing dropped: untested"
+    gen = torch.Generator().manual_seed(1)
+    dense = torch.rand(num_dense, 3, generator=gen, dtype=torch.float64)
+    weights = torch.rand(indices.shape[0], 3, generator=gen, dtype=torch.float64)
+    dense.requires_grad_()
+    (sparse_product(matrix, dense) * weights).sum().backward()
+    got_grad, dense.grad = dense.grad, None
+    expected = gather_sum(dense, indices, keep)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(sparse_product(matrix, dense.detach()),
+                               expected.detach())
+    torch.testing.assert_close(got_grad, dense.grad)
+
+
+@pytest.mark.parametrize('name', REAL_LISTS)
+def test_matrices_keep_the_csr_invariants_and_balanced_rows(real_lists, name):
+    matrix, indices, _, _ = matrix_and_reference(real_lists, name, 2)
+    checked_csr(matrix)
+    transpose = checked_csr(transpose_csr(matrix))
+    width = indices.shape[1]
+    # The backward's matrix: no row collects the padding of the batch.
+    assert int(transpose.crow_indices().diff().max()) <= 2 * width
+
+
+def test_most_slots_of_kpconv_lists_are_padding(real_lists):
+    """The case the layout is for (the tests above run on it): most slots
+    of KPConv's radius lists are shadows."""
+    neighbors, lengths = real_lists['KPConv layer 0']
+    keep = pairs_that_count(neighbors, lengths,
+                            torch.ones(neighbors.shape[0], dtype=torch.bool))
+    assert keep.float().mean() < 0.5

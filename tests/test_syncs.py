@@ -2,13 +2,18 @@
 wait for the device: no op that reads a device value on the host (`.item()`,
 `float()`, `bool()`, `.tolist()` all end in aten::_local_scalar_dense), no op
 whose output size depends on the data (boolean-mask indexing, nonzero,
-bincount, repeat_interleave without output_size). Checked on the CPU by
-recording every aten op torch dispatches, forward and backward."""
+bincount, repeat_interleave without output_size), and no host-to-device copy
+(a blocking copy on a GPU): no tensor made from Python data
+(`torch.tensor`/`as_tensor` of a list or a number end in aten::lift_fresh;
+`torch.full` is a fill, not a copy), no CPU tensor moved to another device.
+Checked on the CPU by recording every aten op torch dispatches, forward and
+backward."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import TINY_MODEL, kpconv_batch, tiny_scene
+from ncm_plugin.losses import class_indices
 from ncm_plugin.models import NCMKPFCNN
 from ncm_plugin.training.totals import EpochTotals
 
@@ -36,7 +41,27 @@ class HostReads(TorchDispatchMode):
         elif name == 'aten::repeat_interleave' and \
                 kwargs.get('output_size', args[-1] if len(args) > 2 else None) is None:
             self.found.append('aten::repeat_interleave without output_size')
+        elif name in FROM_PYTHON:
+            self.found.append(f'{name}: a tensor from Python data')
+        elif name in COPIES and moves_to_a_device(name, args, kwargs):
+            self.found.append(f'{name} from the CPU to a device')
         return func(*args, **kwargs)
+
+
+# A tensor made from Python data: torch.tensor / as_tensor build it on the
+# CPU and copy it to the device out of the recorder's sight, then lift it.
+FROM_PYTHON = {'aten::lift_fresh', 'aten::lift_fresh_copy'}
+COPIES = {'aten::_to_copy', 'aten::copy_'}
+
+
+def moves_to_a_device(name, args, kwargs):
+    """Whether a copy op brings a CPU tensor to another device."""
+    if name == 'aten::copy_':
+        source, target = args[1].device, args[0].device
+    else:
+        source = args[0].device
+        target = kwargs.get('device') or source
+    return source.type == 'cpu' and torch.device(target).type != 'cpu'
 
 
 def test_the_recorder_sees_a_host_read():
@@ -45,6 +70,33 @@ def test_the_recorder_sees_a_host_read():
         values[values > 1].sum().item()
     assert 'aten::_local_scalar_dense' in reads.found
     assert 'aten::index with a boolean mask' in reads.found
+
+
+def test_the_recorder_sees_a_host_to_device_copy():
+    labels = torch.arange(4)
+    with HostReads() as reads:
+        # As class_indices built its ignored labels, and get_loss a Python
+        # number term, before.
+        torch.as_tensor([0, 2], dtype=labels.dtype, device=labels.device)
+        torch.as_tensor(0.0, device=labels.device)
+        torch.zeros(2).to('meta')
+    assert reads.found == ['aten::lift_fresh: a tensor from Python data'] * 2 \
+        + ['aten::_to_copy from the CPU to a device']
+
+
+def test_the_recorder_sees_the_former_class_indices():
+    def class_indices_before(labels, ignored_label_inds):
+        ignored = torch.as_tensor(list(ignored_label_inds), dtype=labels.dtype,
+                                  device=labels.device)
+        return ~torch.isin(labels, ignored)
+
+    labels = torch.arange(4)
+    with HostReads() as reads:
+        class_indices_before(labels, [0])
+    assert reads.found == ['aten::lift_fresh: a tensor from Python data']
+    with HostReads() as reads:
+        class_indices(labels, 3, [0, -1])
+    assert reads.found == []
 
 
 @pytest.mark.parametrize('ncm', [
@@ -79,7 +131,7 @@ def test_the_loss_terms_stay_on_the_device(monkeypatch):
 
     def stock_get_loss(self, loss_fn, results, inputs, device):
         self.output_loss = results.logsumexp(1).mean()
-        self.reg_loss = torch.zeros(())
+        self.reg_loss = 0  # rigid KPFCNN's regularizer: a Python number
         return self.output_loss, inputs['data'].labels, results
 
     monkeypatch.setattr(KPFCNN, 'get_loss', stock_get_loss)

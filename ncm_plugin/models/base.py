@@ -144,6 +144,10 @@ class NCMTerm:
             loss = loss + ncm_term
             terms['ncm'] = ncm_term
             terms['ncm_kl'] = self.ncm_loss.last_kl
-        self.loss_terms = {k: torch.as_tensor(v, device=loss.device).detach()
-                           for k, v in terms.items()}
+        # A Python number (rigid KPFCNN's regularizer is the float 0) is
+        # filled on the device, not copied there: a copy would block.
+        self.loss_terms = {
+            k: v.detach() if isinstance(v, torch.Tensor) else
+            torch.full((), float(v), device=loss.device)
+            for k, v in terms.items()}
         return loss, labels, scores

@@ -34,9 +34,22 @@ def resolve_config(name):
 
 
 def load_config(path):
-    """YAML config -> {'dataset': {}, 'model': {}, 'pipeline': {}}."""
+    """YAML config -> {'dataset': {}, 'model': {}, 'pipeline': {}}.
+
+    Raises ValueError naming the file (and for a syntax error the line and
+    column) when the file is not YAML or not a mapping of the sections.
+    """
     with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
+        try:
+            cfg = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: {yaml_problem(error)}") from None
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a config is a mapping of the sections "
+                         f"{list(SECTIONS)}, but the file holds a "
+                         f"{type(cfg).__name__}")
     missing = [s for s in SECTIONS if not isinstance(cfg.get(s), dict)]
     if missing:
         raise ValueError(f"{path}: missing section(s) {missing}")
@@ -45,6 +58,15 @@ def load_config(path):
         raise ValueError(f"{path}: unknown top-level key(s) {extra}; a config "
                          f"has only {list(SECTIONS)}")
     return cfg
+
+
+def yaml_problem(error):
+    """'line 3, column 9: YAML syntax error: mapping values are not allowed
+    here' for PyYAML's error (whose message spans several lines)."""
+    mark = getattr(error, 'problem_mark', None)
+    problem = getattr(error, 'problem', None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ''
+    return f"{where}YAML syntax error: {problem}"
 
 
 def apply_overrides(cfg, overrides, source):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ncm_plugin.tools.config_check import ConfigError, check_config
-from ncm_plugin.config import load_config, resolve_config
+from ncm_plugin.config import load_config, resolve_config, shipped_configs
 from tiny_training import SCRIPT
 
 CONFIG = resolve_config('ncm_kpconv_s3dis.yml')
@@ -19,10 +19,7 @@ def cfg():
 
 
 def test_shipped_configs_pass():
-    for name in ('ncm_kpconv_s3dis.yml', 'kpconv_deform_s3dis.yml',
-                 'ncm_kpconv_scannet.yml', 'ncm_kpconv_semantic3d.yml',
-                 'ncm_kpconv_demo.yml', 'ncm_kpconv_lidar.yml',
-                 'kpconv_deform_lidar.yml', 'ncm_kpconv_ign_lidarhd.yml'):
+    for name in shipped_configs():
         check_config(load_config(resolve_config(name)), name)
 
 
@@ -70,6 +67,86 @@ def test_bad_pipeline_settings_name_the_key(cfg, pipeline, message):
     cfg['pipeline'].update(pipeline)
     with pytest.raises(ConfigError, match=message):
         check_config(cfg, CONFIG)
+
+
+@pytest.mark.parametrize('pipeline, message', [
+    ({'batch_size': 0}, r'pipeline.batch_size must be >= 1, got 0'),
+    ({'val_batch_size': 2.5}, r'pipeline.val_batch_size must be an int >= 1'),
+    ({'test_batch_size': True}, r'pipeline.test_batch_size must be an int'),
+    ({'max_epoch': -1}, r'pipeline.max_epoch must be >= 0, got -1'),
+    ({'max_epoch': 'abc'}, r"pipeline.max_epoch must be an int >= 0, got 'abc'"),
+    ({'save_ckpt_freq': 0}, r'pipeline.save_ckpt_freq must be >= 1'),
+    ({'learning_rate': 0}, r'pipeline.learning_rate must be > 0, got 0'),
+    ({'learning_rate': '1e-3'}, r'a number > 0, got .1e-3. \(YAML reads 1e-3 '
+                                r'as a string; write 1.0e-3\)'),
+    ({'adam_lr': -0.01}, r'pipeline.adam_lr must be > 0'),
+    ({'deform_lr_factor': 0.0}, r'pipeline.deform_lr_factor must be > 0'),
+    ({'weight_decay': -1e-3}, r'pipeline.weight_decay must be >= 0'),
+    ({'momentum': 1.5}, r'pipeline.momentum must be in \[0, 1\]'),
+    ({'scheduler_gamma': 0}, r'pipeline.scheduler_gamma must be in \(0, 1\]'),
+    ({'scheduler_gamma': 1.01}, r'pipeline.scheduler_gamma must be in \(0, 1\]'),
+    ({'lr_decays': 2}, r'pipeline.lr_decays must be in \(0, 1\]'),
+    ({'seed': -1}, r'pipeline.seed must be >= 0'),
+    ({'optimizer': {'lr': -1}}, r'pipeline.optimizer.lr must be > 0'),
+    ({'optimizer': {'betas': [0.9, 1.0]}},
+     r'pipeline.optimizer.betas must be in \[0, 1\)'),
+    ({'optimizer': 0.01}, r'pipeline.optimizer must be a mapping'),
+])
+def test_bad_stock_pipeline_numbers_name_the_key(cfg, pipeline, message):
+    cfg['pipeline'].update(pipeline)
+    with pytest.raises(ConfigError, match=message) as error:
+        check_config(cfg, CONFIG)
+    assert str(error.value).startswith(f'{CONFIG}: pipeline.')
+
+
+@pytest.mark.parametrize('pipeline', [
+    {'max_epoch': 0},  # one pass: Open3D-ML trains epochs 0..max_epoch
+    {'scheduler_gamma': 1, 'momentum': 0, 'weight_decay': 0},
+    {'lr_decays': {'1': 0.5}},  # KPConv's own code takes a mapping
+    {'learning_rate': 1.0e-3, 'seed': 0},
+])
+def test_stock_pipeline_numbers_at_their_limits_pass(cfg, pipeline):
+    cfg['pipeline'].update(pipeline)
+    check_config(cfg, CONFIG)
+
+
+PVCNN = resolve_config('ncm_pvcnn_s3dis.yml')
+
+
+def test_pvcnn_refuses_mixed_precision_naming_the_key():
+    cfg = load_config(PVCNN)
+    cfg['pipeline']['amp'] = True
+    with pytest.raises(ConfigError, match='float32') as error:
+        check_config(cfg, PVCNN)
+    assert str(error.value).startswith(
+        f'{PVCNN}: pipeline.amp is not supported by NCMPVCNN')
+
+
+def test_stock_pvcnn_in_the_ncm_pipeline_refuses_mixed_precision_too():
+    cfg = load_config(PVCNN)
+    cfg['model']['name'] = 'PVCNN'
+    del cfg['model']['ncm']
+    check_config(copy.deepcopy(cfg), PVCNN)
+    cfg['pipeline']['amp'] = True
+    with pytest.raises(ConfigError, match='pipeline.amp is not supported by '
+                                          'PVCNN'):
+        check_config(cfg, PVCNN)
+
+
+def test_mixed_precision_stays_allowed_for_kpconv(cfg):
+    cfg['pipeline']['amp'] = True
+    check_config(cfg, CONFIG)
+
+
+def test_cuda_is_refused_when_torch_has_none(cfg, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    cfg['pipeline']['device'] = 'cuda'
+    with pytest.raises(ConfigError, match=f'torch {torch.__version__}'
+                       .replace('+', r'\+')) as error:
+        check_config(cfg, CONFIG, overridden={'pipeline.device': '--device'})
+    assert str(error.value).startswith(
+        f'--device (command line, config {CONFIG}): pipeline.device: ')
 
 
 @pytest.mark.parametrize('dataset, message', [

@@ -13,6 +13,21 @@ class NCMPVCNN(NCMTerm, PVCNN):
     neighborhood is 'knn', built when the batch is collated.
     """
 
+    @classmethod
+    def check_pipeline(cls, options, name=None, where='pipeline'):
+        """Refuse pipeline settings PVCNN cannot run with (the config
+        checker calls this for the stock PVCNN too); options: the
+        PipelineOptions. pipeline.amp: Open3D's voxel ops are float32 only
+        (trilinear_devoxelize checks for kFloat32 and avg_voxelize adds the
+        float16 features into a float32 grid), so the first CUDA forward
+        under autocast fails."""
+        if options.amp:
+            raise ValueError(
+                f"{where}.amp is not supported by {name or cls.__name__}: "
+                f"Open3D's avg_voxelize and trilinear_devoxelize take float32 "
+                f"features only, so the first forward under float16 "
+                f"autocast fails on CUDA; set {where}.amp: false")
+
     def ncm_collate(self, batch):
         if self.ncm_active:
             points = batch['point']

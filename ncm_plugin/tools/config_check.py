@@ -5,12 +5,18 @@ class ignores what it does not read: a typo trains the wrong model silently,
 hours later. The keys the plugin reads (`model.ncm`, the plugin's `pipeline`
 keys, `dataset.demo_data`, `dataset.convert_workers`, LASDataset's keys) and the `pipeline` section as a whole are checked
 here, at start, and the first mistake is raised as one ConfigError naming
-the key and the file (or the command-line override that set it).
+the key and the file (or the command-line option that set it). So are the
+device (present in this torch build), settings a backbone cannot run with
+(PVCNN under pipeline.amp) and model.ckpt_path (a file that loads as a
+checkpoint).
 """
 import inspect
 import re
+from pathlib import Path
 
 from ..losses import NCMConfig
+from ..training import checkpoints
+from ..training.devices import require_device
 from ..training.options import STOCK_PIPELINE_KEYS, PipelineOptions, device_type
 
 # The first dotted key of a message, e.g. 'model.ncm.direction'.
@@ -25,14 +31,17 @@ def check_config(cfg, source, overridden=()):
     """Raise ConfigError for the first problem of `cfg`.
 
     cfg: {'dataset': {}, 'model': {}, 'pipeline': {}} after overrides;
-    source: the config file; overridden: dotted keys set on the command line.
+    source: the config file; overridden: the dotted keys set on the command
+    line, or {dotted key: the option that set it, e.g. '--device'}.
     """
     try:
         check_model(cfg['model'])
         check_pipeline(cfg['pipeline'])
+        check_backbone_pipeline(cfg['model'], cfg['pipeline'])
         check_demo_data(cfg['dataset'])
         check_convert_workers(cfg['dataset'])
         check_lidar(cfg['dataset'], cfg['model'])
+        check_checkpoint(cfg['model'])  # last: it reads the file
     except (KeyError, TypeError, ValueError) as error:
         message = error.args[0] if error.args else str(error)
         raise ConfigError(f"{where(message, source, overridden)}: "
@@ -43,10 +52,12 @@ def where(message, source, overridden):
     """The file, or the command-line option, that set the key of `message`."""
     match = _KEY.search(message)
     key = match.group(0) if match else None
-    for dotted in overridden:
+    options = overridden if isinstance(overridden, dict) else \
+        {dotted: f"--{dotted}" for dotted in overridden}
+    for dotted, option in options.items():
         if key is not None and (key == dotted or key.startswith(dotted + '.')
                                 or dotted.startswith(key + '.')):
-            return f"--{dotted} (command line, config {source})"
+            return f"{option} (command line, config {source})"
     return str(source)
 
 
@@ -105,6 +116,42 @@ def check_pipeline(pipeline):
             device_type(pipeline['device']) != 'cuda':
         raise ValueError("pipeline.sync_batchnorm needs --device cuda: torch's "
                          "SyncBatchNorm has no CPU implementation")
+    try:
+        require_device(pipeline.get('device'))
+    except ValueError as error:
+        raise ValueError(f"pipeline.device: {error}") from None
+
+
+def check_backbone_pipeline(model, pipeline):
+    """Pipeline settings the backbone cannot run with. PVCNN (the stock one
+    too: NCMSemanticSegmentation is what reads pipeline.amp) refuses
+    pipeline.amp."""
+    from open3d._ml3d.torch.models.pvcnn import PVCNN
+    from ..models.pvcnn import NCMPVCNN
+    Model = _registered('model', model.get('name'))
+    if Model is not None and issubclass(Model, PVCNN):
+        NCMPVCNN.check_pipeline(PipelineOptions.from_dict(pipeline),
+                                name=model['name'])
+
+
+def check_checkpoint(model):
+    """model.ckpt_path (--ckpt_path): a file that loads as a checkpoint
+    holding model weights, read now rather than after the dataset."""
+    path = model.get('ckpt_path')
+    if not path:
+        return
+    if not Path(path).is_file():
+        raise ValueError(f"model.ckpt_path {path}: no such file"
+                         if not Path(path).exists() else
+                         f"model.ckpt_path {path} is not a file")
+    try:
+        ckpt = checkpoints.load(path)
+    except checkpoints.CheckpointError as error:
+        raise ValueError(f"model.ckpt_path: {error}") from None
+    if 'model_state_dict' not in ckpt:
+        raise ValueError(f"model.ckpt_path: {path} is not a checkpoint (a "
+                         f"dict without 'model_state_dict'; its keys are "
+                         f"{sorted(map(str, ckpt))[:8]})")
 
 
 def check_convert_workers(dataset):

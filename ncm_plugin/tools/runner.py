@@ -6,7 +6,9 @@
 
 `-c` takes a path or a bare file name of a config shipped in ncm_plugin/configs/.
 Dotted overrides are parsed as YAML values (numbers, booleans, lists). The
-merged config is checked (config_check.py) before any data is read.
+merged config is checked (config_check.py) before any data is read, the
+device (CUDA must be there when asked for) and --ckpt_path (it must load)
+with it.
 
 Distributed: the same command under torchrun, e.g.
 
@@ -32,7 +34,9 @@ import torch
 import yaml
 
 from ..config import SECTIONS, apply_overrides, load_config, resolve_config
+from ..training.distributed import RankZeroFailed
 from ..training.totals import NonFiniteLoss
+from ..training.watchdog import WorkerDied
 from .config_check import ConfigError, check_config
 
 
@@ -92,6 +96,21 @@ def apply_arguments(cfg, args):
         cfg['pipeline']['device'] = 'cuda' if args.device == 'gpu' else args.device
     cfg['pipeline']['split'] = args.split
     return cfg
+
+
+# The named arguments that set a config key: key -> the option.
+ARGUMENT_KEYS = {'dataset.dataset_path': '--dataset_path',
+                 'model.ckpt_path': '--ckpt_path',
+                 'pipeline.main_log_dir': '--main_log_dir',
+                 'pipeline.device': '--device'}
+
+
+def set_on_command_line(args, overrides):
+    """{dotted key: the option that set it} for the config checker's
+    messages: the dotted overrides and the named arguments given."""
+    given = {key: option for key, option in ARGUMENT_KEYS.items()
+             if getattr(args, option[2:]) is not None}
+    return {**{key: f'--{key}' for key in overrides}, **given}
 
 
 def prepare_demo_data(dataset_cfg):
@@ -183,7 +202,8 @@ def main(argv=None):
         path = resolve_config(args.cfg_file)
         cfg = apply_arguments(load_config(path), args)
         apply_overrides(cfg, overrides, path)
-        check_config(cfg, path, overridden=overrides)
+        check_config(cfg, path,
+                     overridden=set_on_command_line(args, overrides))
         if args.check:
             print(f"{path}: config OK")
             return None
@@ -193,7 +213,8 @@ def main(argv=None):
     except (FileNotFoundError, KeyError, TypeError, ValueError) as error:
         # Configuration and data-path mistakes: one line, no traceback.
         message = error.args[0] if isinstance(error, KeyError) else error
-        context = f" (config {path})" if path is not None else ""
+        context = f" (config {path})" if path is not None and \
+            str(path) not in str(message) else ""
         sys.exit(f"run_pipeline: error: {message}{context}")
     pipeline.cfg_tb = {
         'readme': 'NCM-KPConv (ncm_plugin)',
@@ -205,7 +226,7 @@ def main(argv=None):
         return pipeline
     try:
         pipeline.run_train()
-    except NonFiniteLoss as error:
+    except (NonFiniteLoss, WorkerDied, RankZeroFailed) as error:
         sys.exit(f"run_pipeline: error: {error}")
     else:
         stop = getattr(pipeline, 'stop', None)

@@ -5,8 +5,11 @@ so `--pipeline.num_wokers 4` trains with no worker and says nothing. Here the
 `pipeline` section is checked against the keys the stock semantic-
 segmentation pipeline and the stock models' `get_optimizer` read, plus the
 plugin's own below, whose defaults and types live in this dataclass only.
+The stock keys that take a number get their type and range checked too
+(STOCK_NUMBERS), with Open3D-ML's defaults left as they are.
 """
 import difflib
+import re
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -19,6 +22,30 @@ STOCK_PIPELINE_KEYS = frozenset((
     'scheduler_gamma', 'momentum', 'main_log_dir', 'device', 'split',
     'train_sum_dir', 'summary', 'weight_decay', 'deform_lr_factor',
     'optimizer', 'seed'))
+
+# The stock keys that take a number: (int or float, range). A float key
+# takes an int too; checked here, defaults stay Open3D-ML's. max_epoch 0 is
+# one epoch (Open3D-ML trains epochs 0..max_epoch).
+STOCK_NUMBERS = {
+    'batch_size': (int, '>= 1'), 'val_batch_size': (int, '>= 1'),
+    'test_batch_size': (int, '>= 1'), 'max_epoch': (int, '>= 0'),
+    'save_ckpt_freq': (int, '>= 1'), 'seed': (int, '>= 0'),
+    'learning_rate': (float, '> 0'), 'adam_lr': (float, '> 0'),
+    'deform_lr_factor': (float, '> 0'), 'weight_decay': (float, '>= 0'),
+    'momentum': (float, 'in [0, 1]'), 'scheduler_gamma': (float, 'in (0, 1]'),
+    'lr_decays': (float, 'in (0, 1]'),
+}
+# `optimizer`: the keyword arguments of torch's optimizer (PVCNN, RandLANet,
+# PointTransformer, SparseConvUnet); its numbers, where present.
+OPTIMIZER_NUMBERS = {
+    'lr': (float, '> 0'), 'weight_decay': (float, '>= 0'),
+    'momentum': (float, 'in [0, 1]'), 'betas': (float, 'in [0, 1)'),
+}
+_RANGES = {
+    '>= 0': lambda v: v >= 0, '>= 1': lambda v: v >= 1, '> 0': lambda v: v > 0,
+    'in [0, 1]': lambda v: 0 <= v <= 1, 'in (0, 1]': lambda v: 0 < v <= 1,
+    'in [0, 1)': lambda v: 0 <= v < 1,
+}
 
 # Keys users bring from Open3D-ML's own distributed set-up; the plugin takes
 # them from torchrun's environment instead.
@@ -93,6 +120,7 @@ class PipelineOptions:
                 f"{f' (did you mean {close[0]}?)' if close else ''}"
                 f"{f'; also unknown: {unknown[1:]}' if unknown[1:] else ''}; "
                 f"known keys are {valid}")
+        check_stock_numbers(section, where)
         values = {}
         for key, field in known.items():
             if key not in section:
@@ -124,6 +152,73 @@ class PipelineOptions:
             raise ValueError(f"{where}.keep_checkpoints must be >= 1 or null "
                              f"(keep all), got {options.keep_checkpoints}")
         return options
+
+
+def check_stock_numbers(section, where='pipeline'):
+    """Type and range of the stock numeric keys of a `pipeline` section
+    (STOCK_NUMBERS, and `optimizer`'s OPTIMIZER_NUMBERS). lr_decays is
+    checked only when it is a number (KPConv's own code takes a mapping
+    epoch -> decay); a seed may also be the numpy Generator the runner
+    passes to the pipeline."""
+    for key, (kind, bounds) in STOCK_NUMBERS.items():
+        value = section.get(key)
+        numeric = isinstance(value, (int, float)) and \
+            not isinstance(value, bool)
+        if value is None or (key == 'lr_decays' and not numeric) or \
+                (key == 'seed' and _is_generator(value)):
+            continue
+        _check_number(f"{where}.{key}", value, kind, bounds)
+    optimizer = section.get('optimizer')
+    if optimizer is None:
+        return
+    if not isinstance(optimizer, dict):
+        raise TypeError(f"{where}.optimizer must be a mapping of the "
+                        f"optimizer's arguments (lr, ...), got {optimizer!r}")
+    for key, (kind, bounds) in OPTIMIZER_NUMBERS.items():
+        value = optimizer.get(key)
+        if key == 'betas' and value is not None:
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise TypeError(f"{where}.optimizer.betas must be a list of "
+                                f"two floats, got {value!r}")
+            for beta in value:
+                _check_number(f"{where}.optimizer.betas", beta, kind, bounds)
+        elif value is not None:
+            _check_number(f"{where}.optimizer.{key}", value, kind, bounds)
+
+
+def _check_number(key, value, kind, bounds):
+    """TypeError unless `value` is a `kind` (a float also takes an int),
+    ValueError unless it is within `bounds` (a key of _RANGES)."""
+    accepted = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        hint = ''
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            hint = (f" (YAML reads {value} as a string; write "
+                    f"{_yaml_float(value.strip())})")
+        raise TypeError(f"{key} must be "
+                        f"{'an int' if kind is int else 'a number'} {bounds}, "
+                        f"got {value!r}{hint}")
+    if not _RANGES[bounds](value):
+        raise ValueError(f"{key} must be {bounds}, got {value!r}")
+
+
+_SCIENTIFIC = re.compile(r'[-+]?\d+(\.\d*)?[eE][-+]?\d+')
+
+
+def _yaml_float(text):
+    """'1e-3' -> '1.0e-3': YAML 1.1 reads a number in scientific notation
+    only with a dot in the mantissa and a sign in the exponent."""
+    mantissa, _, exponent = text.lower().partition('e')
+    if '.' not in mantissa:
+        mantissa += '.0'
+    if exponent[0] not in '+-':
+        exponent = '+' + exponent
+    return f"{mantissa}e{exponent}"
+
+
+def _is_generator(value):
+    import numpy as np
+    return isinstance(value, (np.random.Generator, np.random.SeedSequence))
 
 
 def device_type(device):

@@ -23,6 +23,7 @@ import torch
 
 from ...config import load_config, resolve_config
 from ...training.batcher import move_batch
+from ...training.devices import DeviceError, require_device
 from ...training.samplers import SharedSpatiallyRegularSampler
 from ..runner import build
 
@@ -245,6 +246,10 @@ def main(argv=None):
                         'one per backbone, its S3DIS or ScanNet config)')
     parser.add_argument('--probe-weight', type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        require_device(args.device)
+    except DeviceError as error:
+        parser.error(f"--device: {error}")
     import logging
     logging.basicConfig(level=logging.WARNING)
     if args.threads:

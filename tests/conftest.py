@@ -1,6 +1,10 @@
 """Shared fixtures: a tiny KPConv configuration and a tiny synthetic scene."""
+import io
+import pickle
+
 import numpy as np
 import pytest
+import torch
 
 import ncm_plugin  # noqa: F401  (fills Open3D-ML's registries)
 
@@ -109,3 +113,19 @@ def kpconv_batch(model, scenes, split='training'):
         data = model.transform(model.preprocess(scene, attr), attr)
         items.append({'data': data, 'attr': attr})
     return ConcatBatcher('cpu', 'KPFCNN').collate_fn(items)
+
+
+class _NoTensorPickler(pickle.Pickler):
+    """A pickler that fails on any torch.Tensor (a worker must get none)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.Tensor):
+            raise AssertionError(f"a {obj.device} tensor of shape "
+                                 f"{tuple(obj.shape)} would be pickled")
+        return NotImplemented
+
+
+def assert_pickles_without_tensors(obj):
+    """Pickle `obj` as a DataLoader worker's payload would be, refusing
+    tensors."""
+    _NoTensorPickler(io.BytesIO()).dump(obj)

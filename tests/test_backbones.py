@@ -4,6 +4,8 @@ NCMs from a brute-force reference on the same points and neighbors; weight
 
 PVCNN's Open3D ops (voxelize/devoxelize) have no CPU kernel in the CPU
 wheel: its loss is tested on a prepared batch with given logits."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -16,9 +18,11 @@ from open3d._ml3d.utils import Config, get_module
 
 from backbone_reference import (brute_knn_distances, class_columns, one_hot,
                                 reference_kl, reference_ncm, softmax)
-from conftest import tiny_scene
+from conftest import assert_pickles_without_tensors, tiny_scene
 from ncm_plugin.models import (NCMPointTransformer, NCMPVCNN, NCMRandLANet,
                                NCMSparseConvUnet, NCMTerm)
+from ncm_plugin.training.batcher import NCMStockBatcher
+from ncm_plugin.training.items import SeededItemDataset
 
 RANDLANET = dict(num_points=512, num_layers=2, sub_sampling_ratio=[4, 4],
                  dim_output=[8, 16], dim_features=8, num_neighbors=8,
@@ -306,3 +310,53 @@ def test_the_term_reads_nothing_on_the_host(prepared, name, hood):
         term.backward()
     assert reads.found == []
     assert logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('name', BACKBONES)
+def test_worker_payloads_hold_no_tensor_after_a_training_step(prepared, name):
+    """What a DataLoader worker receives (the item dataset and the batcher,
+    each with the model's data side) holds no tensor, after a step has
+    filled the model's logged terms and the NCM's last KL."""
+    model, inputs, results = prepared(name, 'knn')
+    loss_of(model, results, inputs)
+    assert model.loss_terms and isinstance(model.ncm_loss.last_kl,
+                                           torch.Tensor)
+    dataset = SeededItemDataset(model=model, dataset=[],
+                                preprocess=model.preprocess, use_cache=False)
+    for payload in (dataset, NCMStockBatcher(model).collate_fn):
+        assert_pickles_without_tensors(payload)
+
+
+@pytest.mark.parametrize('name', ['PointTransformer', 'SparseConvUnet'])
+def test_the_ncm_lists_of_a_batch_object_are_pinned_with_it(prepared, name,
+                                                           monkeypatch):
+    """The stock pin_memory of these batch objects pins their own tensors
+    only; a non-blocking copy of the NCM's lists would then be synchronous.
+    (torch's CPU build cannot pin: pin_memory is recorded instead.)"""
+    model, _, _ = prepared(name, 'knn')
+    batcher = NCMStockBatcher(model)
+    model.trans_point_sampler = SemSegRandomSampler.get_point_sampler()
+    items = []
+    for seed in (0, 1):
+        attr = {'split': 'training', 'name': f'tiny{seed}', 'idx': seed}
+        data = scene(seed, 6000 if name == 'PointTransformer' else 3000)
+        items.append({'data': model.transform(model.preprocess(data, attr),
+                                              attr), 'attr': attr})
+    batch = pickle.loads(pickle.dumps(batcher.collate_fn(items)['data']))
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, 'pin_memory',
+                        lambda self: pinned.append(self) or self)
+    neighbors = batch.ncm_neighbors
+    batch.pin_memory()
+    assert any(t is neighbors for t in pinned)
+
+
+def test_test_batches_carry_no_ncm_lists(prepared):
+    model, _, _ = prepared('RandLANet', 'knn')
+    model.trans_point_sampler = SemSegRandomSampler.get_point_sampler()
+    attr = {'split': 'test', 'name': 'tiny0', 'idx': 0}
+    item = {'data': model.transform(model.preprocess(scene(0, 3000), attr),
+                                    attr), 'attr': attr}
+    assert 'ncm_neighbors' in NCMStockBatcher(model).collate_fn([item])['data']
+    assert 'ncm_neighbors' not in NCMStockBatcher(model, ncm=False).collate_fn(
+        [item])['data']

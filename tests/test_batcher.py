@@ -1,12 +1,13 @@
 """KPFCNN batches: collated on the CPU whatever the device, moved whole (scene
 targets included) without blocking, upsampled from the nearest point."""
 import numpy as np
+import pytest
 import torch
 
 from conftest import TINY_MODEL, tiny_scene, whole_cloud_sampler
 from ncm_plugin.models import NCMKPFCNN
-from ncm_plugin.training.batcher import (HostKPConvBatch, NCMConcatBatcher,
-                                         nearest_first)
+from ncm_plugin.training.batcher import (DeviceBatcher, HostKPConvBatch,
+                                         NCMConcatBatcher, nearest_first)
 
 
 def items(model, count=2):
@@ -92,3 +93,38 @@ def test_the_ncm_knn_lists_come_with_the_batch():
     with_lists = model.ncm_loss(logits, batch.labels, batch)
     del batch.ncm_neighbors
     assert torch.equal(model.ncm_loss(logits, batch.labels, batch), with_lists)
+
+
+def test_the_stock_summary_reads_host_lengths_of_a_moved_batch(monkeypatch):
+    """Open3D-ML's KPFCNN summary calls .numpy() on lengths[0], which fails
+    once the batch is on the GPU ('meta' stands in for it here)."""
+    from open3d._ml3d.torch.pipelines import SemanticSegmentation
+
+    from ncm_plugin.training.pipeline import NCMSemanticSegmentation
+    model = NCMKPFCNN(**TINY_MODEL)
+    batch = NCMConcatBatcher().collate_fn(items(model))['data']
+    collated = [t.clone() for t in batch.lengths]
+    batch.to('meta')
+    with pytest.raises((TypeError, NotImplementedError, RuntimeError)):
+        batch.lengths[0].detach().numpy()  # the stand-in fails as CUDA does
+    seen = {}
+    monkeypatch.setattr(
+        SemanticSegmentation, 'get_3d_summary',
+        lambda self, results, data, epoch, save_gt=True: seen.update(
+            lengths=data.lengths[0].detach().numpy()))
+    pipeline = object.__new__(NCMSemanticSegmentation)
+    pipeline.model = model
+    pipeline.get_3d_summary(None, batch, 0)
+    assert np.array_equal(seen['lengths'], collated[0].numpy())
+    assert batch.lengths[0].device.type == 'meta'
+
+
+def test_the_inference_batcher_moves_the_batch_to_the_device():
+    """Open3D-ML's run_inference never moves a batch: the batcher the
+    pipeline gives it does."""
+    model = NCMKPFCNN(**TINY_MODEL)
+    batcher = DeviceBatcher(NCMConcatBatcher(), 'meta')
+    assert batcher.model == 'KPFCNN'  # what the stock loops read
+    batch = batcher.collate_fn(items(model))['data']
+    batch.ncm_target = None
+    assert {t.device.type for t in tensors(batch) if t is not None} == {'meta'}

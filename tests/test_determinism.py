@@ -3,10 +3,12 @@ seed give bit-identical weights with 0 or 2 DataLoader workers, and a run
 killed (SIGKILL) or stopped (SIGTERM) at a chosen step, then resumed, ends
 with the weights of the run that was never interrupted."""
 import os
+import re
 import shutil
 import signal
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -126,4 +128,29 @@ def test_kernels_on_disk_do_not_change_the_weights(rooms, tmp_path,
     a run in a folder that already has them starts from the same model."""
     shutil.copytree(uninterrupted_run / 'kernels', tmp_path / 'kernels')
     train(rooms, tmp_path)
+    assert_same_weights(final_weights(tmp_path), uninterrupted)
+
+
+def test_a_killed_worker_stops_the_run_at_once_and_it_resumes(
+        rooms, tmp_path, uninterrupted):
+    """A worker killed (as by the OOM killer) after step 1 of epoch 1: the
+    run says which loader lost it within seconds (not after
+    pipeline.step_timeout), exits non-zero, and the same command resumes
+    from the last checkpoint. (The dead worker's batch of epoch 1 was
+    already fetched: torch notices when epoch 2 asks for more.)"""
+    text = train(rooms, tmp_path, hook='KILL_WORKER:1:1', expect=1)
+    ended = datetime.now()
+    killed = re.search(r'(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ - \w+ - '
+                       r'\S*: killing DataLoader worker', text)
+    assert killed, text[-3000:]
+    seconds = (ended - datetime.strptime(killed.group(1),
+                                         '%Y-%m-%d %H:%M:%S')).total_seconds()
+    assert seconds < 60
+    last = text.strip().splitlines()[-1]
+    assert last.startswith('run_pipeline: error: the training DataLoader '
+                           '(2 worker(s)) lost a worker in epoch 2: '
+                           'DataLoader worker (pid(s) '), last
+    assert 'Traceback' not in text
+    text = train(rooms, tmp_path)
+    assert 'epoch 1 done; resuming at epoch 2' in text
     assert_same_weights(final_weights(tmp_path), uninterrupted)

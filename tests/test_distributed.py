@@ -12,7 +12,10 @@ import torch
 from conftest import tiny_run_overrides
 from ncm_plugin.datasets.s3dis.convert import convert_s3dis
 from ncm_plugin.datasets.s3dis.synthetic import write_demo_s3dis
-from ncm_plugin.training.distributed import Ranks, adopt_primary_address, rank_seed
+from ncm_plugin.training.distributed import (Ranks, adopt_primary_address,
+                                             device_for, rank_seed,
+                                             steps_per_rank)
+from ncm_plugin.training.items import ItemRequests
 from ncm_plugin.training import checkpoints
 from ncm_plugin.training.interrupts import STEP_HOOK_ENV
 from tiny_training import REPO, SCRIPT
@@ -149,3 +152,79 @@ def test_a_two_rank_run_stopped_by_sigterm_resumes_exactly(s3dis, tmp_path):
     expected, resumed = final_weights(whole, 1), final_weights(stopped, 1)
     assert [k for k in expected
             if not torch.equal(expected[k], resumed[k])] == []
+
+
+def test_without_steps_per_epoch_the_ranks_share_the_split_out():
+    assert steps_per_rank(None, 1, 5) is None  # a single process: the split
+    assert steps_per_rank(None, 2, 5) == 3
+    assert steps_per_rank(10, 4, 5) == 3
+
+
+def test_item_orders_are_split_between_ranks_and_cover_the_epoch():
+    """Two ranks, 5 clouds, no steps_per_epoch: 3 items a rank, one shared
+    order of 6 dealt out, so every cloud comes at least once an epoch; one
+    rank alone draws what a single process always drew."""
+    drawn = []
+    for rank in range(2):
+        requests = ItemRequests(5, 3, seed=rank_seed(9, rank), order_seed=77,
+                                ranks=Ranks(rank, 2, rank))
+        requests.start_epoch(4)
+        drawn.append([r.cloud for r in requests])
+    assert sorted(drawn[0] + drawn[1]) == [0, 0, 1, 2, 3, 4]
+    single = ItemRequests(5, 3, seed=77)
+    single.start_epoch(4)
+    expected = np.random.default_rng([77, 4]).permutation(3) % 5
+    assert [r.cloud for r in single] == list(expected)
+
+
+def test_one_visible_gpu_per_process_is_cuda_0(monkeypatch):
+    """SLURM's --gpus-per-task=1 shows each rank one GPU: LOCAL_RANK 3 is
+    then cuda:0, not an invalid ordinal."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'set_device', chosen.append)
+    assert device_for(Ranks(3, 4, 3), 'cuda') == torch.device('cuda', 0)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    assert device_for(Ranks(3, 4, 3), 'cuda') == torch.device('cuda', 3)
+    assert chosen == [torch.device('cuda', 0), torch.device('cuda', 3)]
+
+
+RANK_ZERO_FAILS = '''
+import sys
+import torch.distributed as dist
+from ncm_plugin.training.distributed import Ranks, RankZeroFailed, rank_zero_first
+ranks = Ranks.from_env()
+dist.init_process_group('gloo')
+try:
+    with rank_zero_first(ranks):
+        if ranks.primary:
+            raise FileNotFoundError('/nowhere/Area_1 not found')
+        print('the block ran on rank', ranks.rank)
+except RankZeroFailed as error:
+    print('RankZeroFailed:', error)
+    sys.exit(3)
+except FileNotFoundError:
+    sys.exit(2)
+'''
+
+
+def test_when_rank_0_fails_first_the_others_stop_at_once_saying_why(tmp_path):
+    """rank_zero_first: the other ranks used to wait 24 h in a barrier."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / 'rank_zero_fails.py'
+    script.write_text(RANK_ZERO_FAILS)
+    runs = [subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, 'PYTHONPATH': str(REPO), 'RANK': str(rank),
+             'LOCAL_RANK': str(rank), 'WORLD_SIZE': '2',
+             'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port),
+             'OMP_NUM_THREADS': '1'}) for rank in (0, 1)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [2, 3], outputs
+    assert 'rank 0 failed while preparing the data (FileNotFoundError: ' \
+        '/nowhere/Area_1 not found)' in outputs[1]
+    assert 'the block ran' not in outputs[1]

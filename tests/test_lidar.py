@@ -312,3 +312,68 @@ def test_the_top_view_shows_a_tile_north_up(tmp_path):
     drawn = pixels[(pixels != 255).any(axis=1)]
     assert len(drawn) > 500 and (drawn[:, 0] == drawn[:, 1]).all() and \
         (drawn[:, 1] == drawn[:, 2]).all()  # grey: the intensity
+
+
+@pytest.fixture(scope='module')
+def buildings_run(folder, tmp_path_factory):
+    """A tiny run through the command line's main with buildings only
+    (every other code ignored): many 6 m spheres hold no labelled point.
+    (pipeline, its log records, its folder)"""
+    from ncm_plugin.tools.runner import main
+    root = tmp_path_factory.mktemp('buildings')
+    handler = logging.Handler()
+    handler.records = []
+    handler.emit = handler.records.append
+    root_logger, level = logging.getLogger(), logging.getLogger().level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.INFO)
+    try:
+        pipeline = main([
+            'torch', '-c', 'ncm_kpconv_lidar.yml', '--dataset_path',
+            str(folder), '--device', 'cpu', '--main_log_dir',
+            str(root / 'logs'), '--dataset.cache_dir', str(root / 'cache'),
+            '--dataset.val_files', f'[{VAL}.laz]', '--dataset.test_files',
+            f'[{TEST}.laz]', '--dataset.grid_size', '0.5',
+            '--dataset.class_map', '{6: 1}', '--dataset.class_names',
+            '[building]', '--model.num_classes', '1', '--model.lbl_values',
+            '[0, 1]',
+            *tiny_run_overrides(in_radius=6.0, first_subsampling_dl=0.5),
+            '--dataset.steps_per_epoch_train', '6',
+            '--pipeline.check_every', '1'])
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+    return pipeline, handler.records, root
+
+
+def test_spheres_without_a_labelled_point_train_on(buildings_run):
+    """Such a step runs a zero loss, is counted once an epoch and left out
+    of the means (its cross entropy over no point is NaN, which used to
+    stop the run as a non-finite loss)."""
+    pipeline, records, _ = buildings_run
+    counts = pipeline.unlabelled_steps
+    assert counts[('training', 0)] > 0, counts
+    assert any('step(s) without a labelled point' in r.getMessage()
+               for r in records)
+    assert np.isfinite(pipeline.losses[0])
+
+
+def test_the_checkpoint_holds_the_config_and_input_settings(buildings_run):
+    """What applying the model to new tiles needs, read back with torch's
+    weights_only loader: the settings given on the command line."""
+    from ncm_plugin.training import checkpoints
+    _, _, root = buildings_run
+    [path] = (root / 'logs').rglob('ckpt_*.pth')
+    ckpt = checkpoints.load(path)
+    assert ckpt['format'] == 'ncm_plugin.checkpoint/2'
+    assert ckpt['config']['model']['num_classes'] == 1
+    assert ckpt['config']['model']['name'] == 'NCMKPFCNN'
+    assert ckpt['config']['dataset']['class_map'] == {'6': 1}
+    settings = ckpt['input_settings']
+    assert settings['dataset_class'] == 'LASDataset'
+    assert settings['lbl_values'] == [0, 1]
+    assert settings['ignored_label_inds'] == [0]
+    assert settings['dataset']['class_names'] == ['building']
+    assert settings['dataset']['grid_size'] == 0.5
+    assert settings['dataset']['feature_names'] == [
+        'intensity', 'return_number', 'number_of_returns']

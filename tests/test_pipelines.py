@@ -4,6 +4,7 @@ import math
 import re
 
 import pytest
+import torch
 from open3d._ml3d.utils import Config, get_module
 
 from conftest import TINY_MODEL
@@ -67,3 +68,16 @@ def test_sparse_clouds_train(tmp_path, caplog):
     plane = math.pi * (TINY_MODEL['in_radius'] /
                        TINY_MODEL['first_subsampling_dl']) ** 2
     assert 0 < mean < 0.05 * plane
+
+
+def test_the_loss_of_an_unlabelled_step_is_a_finite_zero_under_fp16():
+    """fp16 logits of a large batch sum to inf, and inf * 0 is NaN: the zero
+    loss is taken in float32, and still reaches every output."""
+    from ncm_plugin.training.pipeline import unlabelled_loss
+    logits = torch.full((60000, 13), 2.0, dtype=torch.float16,
+                        requires_grad=True)
+    assert torch.isnan(logits.sum() * 0.0)  # what the step used to take
+    loss = unlabelled_loss(logits)
+    assert loss.dtype == torch.float32 and loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))

@@ -2,14 +2,19 @@
 started once per run from a fork server: the same batches with or without
 workers, coverage raised as a brute-force sphere says, replays exact."""
 import os
+import pickle
+from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import assert_pickles_without_tensors
 from tiny_training import make_pipeline, write_cached_s3dis
 from ncm_plugin.training.samplers import (WORKER_START_METHOD, SphereRequest,
-                                          SphereRequests)
+                                          SphereRequests, seeded,
+                                          worker_context)
 
 
 @pytest.fixture(scope='module')
@@ -118,3 +123,57 @@ def test_a_replayed_epoch_continues_with_the_same_spheres(cached_s3dis,
     list(SphereRequests(sampler, 6))
     assert all(torch.equal(a, b) for a, b in zip(
         after, sampler.state_dict()['coverage']['possibilities']))
+
+
+def test_worker_payloads_hold_no_tensor_after_a_training_step(cached_s3dis,
+                                                             tmp_path):
+    """After a step the model holds device tensors (logged loss terms, the
+    NCM's last KL); the dataset, batcher and worker_init_fn that a worker
+    receives hold none (on CUDA, unpickling one would start CUDA in a forked
+    worker)."""
+    from open3d._ml3d.torch.modules.losses import SemSegLoss
+    pipeline, loader, _ = train_loader(cached_s3dis, tmp_path, 2)
+    model = pipeline.model
+    requests = list(islice(iter(loader.sampler), 2))
+    inputs = loader.collate_fn([loader.dataset[r] for r in requests])
+    results = model(inputs['data'])
+    model.get_loss(SemSegLoss(pipeline, model, pipeline.dataset, 'cpu'),
+                   results, inputs, 'cpu')
+    assert model.loss_terms and isinstance(model.ncm_loss.last_kl,
+                                           torch.Tensor)
+    for payload in (loader.dataset, loader.collate_fn, loader.worker_init_fn):
+        assert_pickles_without_tensors(payload)
+    copy = pickle.loads(pickle.dumps(loader.dataset))
+    item = copy[requests[0]]  # the worker's copy still loads the sphere
+    assert np.array_equal(item['data']['p_list'][0],
+                          loader.dataset[requests[0]]['data']['p_list'][0])
+
+
+def test_the_fork_server_and_its_workers_see_no_cuda_device(cached_s3dis,
+                                                           tmp_path):
+    from multiprocessing import forkserver
+    worker_context()
+    pid = forkserver._forkserver._forkserver_pid
+    environ = (Path('/proc') / str(pid) / 'environ').read_bytes().split(b'\0')
+    assert b'CUDA_VISIBLE_DEVICES=' in environ
+    assert os.environ.get('CUDA_VISIBLE_DEVICES') != ''  # the trainer's own
+
+
+def test_seeded_items_leave_the_cuda_generators_alone(monkeypatch):
+    """torch.manual_seed would re-seed every CUDA device at every step of a
+    run without workers (its dropout restarting from each batch's seed)."""
+    calls = []
+    for name in ('manual_seed', 'manual_seed_all', 'set_rng_state',
+                 'set_rng_state_all'):
+        monkeypatch.setattr(torch.cuda, name,
+                            lambda *a, _name=name, **k: calls.append(_name))
+    torch.manual_seed(11)
+    before = torch.rand(3)
+    torch.manual_seed(11)
+    with seeded(5):
+        inside = torch.rand(3)
+    after = torch.rand(3)
+    assert calls == ['manual_seed_all', 'manual_seed_all']  # ours only
+    assert torch.equal(inside, torch.rand(3, generator=torch.Generator()
+                                          .manual_seed(5)))
+    assert torch.equal(after, before)  # the CPU generator given back

@@ -9,12 +9,14 @@ KPFCNN: `NCMConcatBatcher`, which also carries the scene-level NCM targets
 the training step).
 """
 import contextlib
+import copy
 import functools
 
 import numpy as np
 import torch
 from open3d._ml3d.torch.dataloaders import ConcatBatcher, DefaultBatcher
-from open3d._ml3d.torch.dataloaders.concat_batcher import KPConvBatch
+from open3d._ml3d.torch.dataloaders.concat_batcher import (
+    KPConvBatch, PointTransformerBatch, SparseConvUnetBatch)
 
 from ..losses import knn_neighbors
 from .samplers import batch_seed, data_model, seeded
@@ -31,6 +33,10 @@ class HostKPConvBatch(KPConvBatch):
     (The stock `to` blocks, and forgets `ncm_target`.)"""
 
     def _apply(self, function):
+        # The lengths as collated, kept on the host for code that reads
+        # them there (the stock 3D summary) after the batch moved.
+        if not hasattr(self, 'host_lengths'):
+            self.host_lengths = list(self.lengths)
         for name in LIST_FIELDS:
             setattr(self, name, [function(t) for t in getattr(self, name)])
         for name in TENSOR_FIELDS:
@@ -45,6 +51,17 @@ class HostKPConvBatch(KPConvBatch):
     def to(self, device, non_blocking=False):
         return self._apply(
             lambda tensor: tensor.to(device, non_blocking=non_blocking))
+
+
+def host_view(batch):
+    """A shallow copy of a moved KPConv batch whose `lengths` are the host
+    copies (HostKPConvBatch.host_lengths); other batches as they are."""
+    host_lengths = getattr(batch, 'host_lengths', None)
+    if host_lengths is None:
+        return batch
+    view = copy.copy(batch)
+    view.lengths = host_lengths
+    return view
 
 
 def sort_rows(neighbors):
@@ -139,9 +156,11 @@ NCM_PREFIX = 'ncm_'
 class NCMStockBatcher:
     """The stock batcher of `model.batcher` (DefaultBatcher or
     ConcatBatcher, which dispatches on the stock model's name), on the CPU,
-    followed by `model.ncm_collate`."""
+    followed by `model.ncm_collate` (ncm: False leaves it out, for test
+    batches, which never read the NCM's lists). The NCM's additions to a
+    batch object are pinned with it (`PinningBatch`)."""
 
-    def __init__(self, model):
+    def __init__(self, model, ncm=True):
         name = model.cfg.get('batcher', 'DefaultBatcher')
         if name == 'DefaultBatcher':
             self.stock = DefaultBatcher()
@@ -150,19 +169,76 @@ class NCMStockBatcher:
         else:
             raise ValueError(f"model.batcher must be DefaultBatcher or "
                              f"ConcatBatcher, got {name!r}")
-        self.ncm_collate = model.ncm_collate
+        self.ncm_collate = model.ncm_collate if ncm else None
 
     def __getstate__(self):
         # A worker gets the parameter-free copy of the model, not its weights.
         state = dict(self.__dict__)
-        state['ncm_collate'] = data_model(self.ncm_collate.__self__).ncm_collate
+        if self.ncm_collate is not None:
+            state['ncm_collate'] = data_model(
+                self.ncm_collate.__self__).ncm_collate
         return state
 
     def collate_fn(self, batches):
         seed = batch_seed(batches)
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             out = self.stock.collate_fn(batches)
-        out['data'] = self.ncm_collate(out['data'])
+        if self.ncm_collate is not None:
+            out['data'] = pinning(self.ncm_collate(out['data']))
+        return out
+
+
+def pinning(batch):
+    """A stock batch object (PointTransformer's, SparseConvUnet's) as its
+    `PinningBatch` subclass, whose `pin_memory` also pins what ncm_collate
+    added (`ncm_*`): the stock one pins only its own tensors, and a copy
+    from pageable memory with non_blocking is a synchronous one. Dicts are
+    pinned whole by torch."""
+    subclass = PINNING_BATCHES.get(type(batch))
+    if subclass is not None:
+        batch.__class__ = subclass
+    return batch
+
+
+class PinningBatch:
+    """Mixin: the stock pin_memory, then the ncm_* tensors."""
+
+    def pin_memory(self):
+        pinned = super().pin_memory()
+        pinned = self if pinned is None else pinned
+        for key, value in vars(pinned).items():
+            if key.startswith(NCM_PREFIX):
+                setattr(pinned, key, _moved(value, torch.Tensor.pin_memory))
+        return pinned
+
+
+# Module-level classes: a batch collated in a worker is unpickled (and
+# pinned) in the main process by its class's name.
+class NCMPointTransformerBatch(PinningBatch, PointTransformerBatch):
+    pass
+
+
+class NCMSparseConvUnetBatch(PinningBatch, SparseConvUnetBatch):
+    pass
+
+
+PINNING_BATCHES = {PointTransformerBatch: NCMPointTransformerBatch,
+                   SparseConvUnetBatch: NCMSparseConvUnetBatch}
+
+
+class DeviceBatcher:
+    """A batcher whose batches end on `device`: for Open3D-ML's test and
+    inference loops (no workers), which do not move every batch kind."""
+
+    def __init__(self, batcher, device):
+        self.batcher, self.device = batcher, torch.device(device)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__['batcher'], name)
+
+    def collate_fn(self, batches):
+        out = self.batcher.collate_fn(batches)
+        out['data'] = move_batch(out['data'], self.device)
         return out
 
 

@@ -21,7 +21,23 @@ Contents (a dict; `torch.load(..., weights_only=True)` reads it):
                           see `generator_state()`)
     best                  {'metric': 'validation mIoU', 'value', 'epoch'} or None
     world_size            ranks of the run that wrote it
+    config                {'dataset', 'model', 'pipeline'}: the run's
+                          resolved settings (Open3D-ML's defaults merged in),
+                          plain data (format 2 on)
+    input_settings        what shapes the model's input beyond the model's
+                          own keys: the dataset class, its label values,
+                          ignored labels and class names, and a dataset's
+                          own resolved settings (LASDataset: grid, features
+                          and their scaling, colour use, class map) (format
+                          2 on)
     format                CHECKPOINT_FORMAT
+
+Policy for older formats: a checkpoint of format 1 (no config) still
+resumes training (what a resume reads has not changed); code that needs the
+config from the checkpoint (applying a model to new data) refuses it with
+an error that asks for the run's config file (`-c CONFIG`).
+Under torchrun the per-rank states are gathered to rank 0 only (each holds
+every point's coverage), and a resume sends each rank its own.
 
 Test hook: with the environment variable NCM_CHECKPOINT_WRITE_PAUSE=<seconds>
 the writer writes the first half of the bytes, flushes them and sleeps that
@@ -42,7 +58,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 'ncm_plugin.checkpoint/1'
+CHECKPOINT_FORMAT = 'ncm_plugin.checkpoint/2'
+# Formats a resume accepts.
+RESUMABLE_FORMATS = ('ncm_plugin.checkpoint/1', CHECKPOINT_FORMAT)
 NAME_PATTERN = re.compile(r'^ckpt_(\d+)\.pth$')
 TEMP_PREFIX = '.ckpt_'
 TEMP_SUFFIX = '.tmp'
@@ -140,9 +158,36 @@ def prune(folder, keep):
     return old
 
 
+class CheckpointError(ValueError):
+    """A file that does not load as a checkpoint; the message names it."""
+
+
 def load(path):
-    """A checkpoint read on the CPU, with weights_only (no code runs)."""
-    return torch.load(path, map_location='cpu', weights_only=True)
+    """A checkpoint read on the CPU, with weights_only (no code runs).
+
+    Raises CheckpointError naming `path` when the file is missing, does not
+    unpickle or holds something else than a dict. A weights_only failure is
+    a page about weights_only with the unpickler's reason in the middle: the
+    message keeps the reason only.
+    """
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found") from None
+    except Exception as error:  # noqa: BLE001 (whatever torch.load raises)
+        text, marker = str(error), 'WeightsUnpickler error:'
+        if marker in text:
+            reason = text.split(marker, 1)[1].strip().splitlines() or ['?']
+            reason = f"unpickling failed: {reason[0]}"
+        else:
+            reason = f"{type(error).__name__}: {text.strip().splitlines()[0]}" \
+                if text.strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a checkpoint ({reason})") \
+            from error
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint (it holds a "
+                              f"{type(ckpt).__name__}, not a dict)")
+    return ckpt
 
 
 def load_latest_readable(folder):
@@ -160,6 +205,50 @@ def load_latest_readable(folder):
                         "the previous one", path, type(error).__name__,
                         str(error).splitlines()[0] if str(error) else '')
     return None, None
+
+
+def check_resumable(ckpt, path):
+    """Raise ValueError when `ckpt` (from `path`) is of a format this code
+    cannot resume from; Open3D-ML's own checkpoints (no format) resume their
+    weights, optimizer and scheduler."""
+    found = ckpt.get('format')
+    if found is not None and found not in RESUMABLE_FORMATS:
+        raise ValueError(f"{path} is a checkpoint of format {found!r}; this "
+                         f"version resumes {list(RESUMABLE_FORMATS)}")
+
+
+def run_config(config):
+    """The config of a run, as plain data that a weights_only load reads:
+    {'dataset': {...}, 'model': {...}, 'pipeline': {...}}; values that are
+    not plain (numpy scalars, paths, tuples) become their plain form."""
+    return {section: plain(values) for section, values in config.items()}
+
+
+def config_of(ckpt, path):
+    """The run config stored in a checkpoint; a clear error for one written
+    before checkpoints held it."""
+    if 'config' not in ckpt:
+        raise ValueError(
+            f"{path} holds no config (checkpoint format "
+            f"{ckpt.get('format', 'of Open3D-ML')!r}, written before format "
+            f"{CHECKPOINT_FORMAT!r}): pass the run's config file with -c "
+            f"CONFIG")
+    return ckpt['config']
+
+
+def plain(value):
+    """`value` as dicts with str keys, lists, str, int, float, bool, None."""
+    if isinstance(value, dict) or hasattr(value, 'items'):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(item) for item in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 # -- random generators --------------------------------------------------------

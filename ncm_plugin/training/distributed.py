@@ -98,11 +98,23 @@ def backend_for(device):
 
 
 def device_for(ranks, device):
-    """The device of this rank: its own GPU (cuda:LOCAL_RANK) on CUDA."""
+    """The device of this rank: its own GPU on CUDA, cuda:LOCAL_RANK when
+    the process sees every GPU of its node, else LOCAL_RANK modulo the GPUs
+    it sees (SLURM's `--gpus-per-task=1` shows each process one GPU, as
+    cuda:0)."""
     device = torch.device(device)
     if device.type != 'cuda' or not ranks.distributed:
         return device
-    device = torch.device('cuda', ranks.local_rank)
+    visible = torch.cuda.device_count()
+    if visible < 1:
+        raise RuntimeError(f"rank {ranks.rank} sees no CUDA device "
+                           f"(CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    index = ranks.local_rank % visible
+    if index != ranks.local_rank:
+        log.info("Rank %d (LOCAL_RANK %d) sees %d GPU(s): it uses cuda:%d",
+                 ranks.rank, ranks.local_rank, visible, index)
+    device = torch.device('cuda', index)
     torch.cuda.set_device(device)
     return device
 
@@ -125,11 +137,16 @@ def rank_seed(seed, rank):
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0] >> 1)
 
 
-def steps_per_rank(steps, world_size):
-    """Spheres a rank samples per epoch so the ranks together sample `steps`
-    (rounded up: every rank must run the same number of batches)."""
+def steps_per_rank(steps, world_size, split_length=None):
+    """Items (spheres) a rank samples per epoch so the ranks together sample
+    `steps`, or, without `steps_per_epoch_*`, the split's `split_length`
+    items once (rounded up: every rank must run the same number of
+    batches). None in a single process without steps: the split's own
+    length."""
     if steps is None:
-        return None
+        if world_size == 1 or split_length is None:
+            return None
+        steps = split_length
     return -(-int(steps) // world_size)
 
 
@@ -148,11 +165,21 @@ def any_rank(flag, device):
     return bool(tensor.item())
 
 
-def gather_objects(obj):
-    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+def gather_to_primary(obj):
+    """[obj of rank 0, obj of rank 1, ...] on rank 0, None on the others
+    (picklable objects; a checkpoint's per-rank states, which only rank 0
+    writes, and which hold every point's coverage: no copy on every rank)."""
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
     return out
+
+
+def scatter_from_primary(objs):
+    """Element `rank` of rank 0's list `objs` on each rank (the others pass
+    None)."""
+    box = [None]
+    dist.scatter_object_list(box, objs, src=0)
+    return box[0]
 
 
 def broadcast_object(obj, src=0):
@@ -187,13 +214,49 @@ def wait_for_all(hours=24):
     dist.barrier(group=group)
 
 
+# How long the other ranks wait for rank 0 to prepare the data (a first
+# conversion of a large dataset) before they give up, saying so.
+RANK_ZERO_FIRST_TIMEOUT = timedelta(hours=3)
+
+
+class RankZeroFailed(RuntimeError):
+    """Rank 0 failed, or did not finish in time, in a rank_zero_first block."""
+
+
 @contextlib.contextmanager
-def rank_zero_first(ranks):
+def rank_zero_first(ranks, timeout=RANK_ZERO_FIRST_TIMEOUT):
     """Rank 0 runs the block first, the other ranks after it: for work that
     writes shared files non-atomically (Open3D-ML's preprocessing cache,
-    which every rank would otherwise write, and read half-written)."""
-    if ranks.distributed and not ranks.primary:
-        wait_for_all()
+    which every rank would otherwise write, and read half-written).
+
+    Rank 0 tells the others how the block ended: when it raised, they raise
+    RankZeroFailed with its error at once; when rank 0 says nothing within
+    `timeout` (it died, it hangs), they raise RankZeroFailed then."""
+    if not ranks.distributed:
+        yield
+        return
+    group = dist.new_group(backend='gloo', timeout=timeout)
+    if ranks.primary:
+        try:
+            yield
+        except BaseException as error:
+            _send_outcome(group, f"{type(error).__name__}: {error}")
+            raise
+        _send_outcome(group, None)
+        return
+    box = [None]
+    try:
+        dist.broadcast_object_list(box, src=0, group=group)
+    except RuntimeError as error:
+        raise RankZeroFailed(
+            f"rank {ranks.rank} waited {timeout} for rank 0 to prepare the "
+            f"data and heard nothing ({str(error).splitlines()[0]}); see "
+            f"rank 0's log") from None
+    if box[0] is not None:
+        raise RankZeroFailed(f"rank 0 failed while preparing the data "
+                             f"({box[0]}); rank {ranks.rank} stops too")
     yield
-    if ranks.distributed and ranks.primary:
-        wait_for_all()
+
+
+def _send_outcome(group, message):
+    dist.broadcast_object_list([message], src=0, group=group)

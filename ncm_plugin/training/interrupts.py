@@ -1,7 +1,9 @@
-"""SIGINT/SIGTERM during training: finish the step, save, exit.
+"""SIGINT/SIGTERM/SIGUSR1 during training: finish the step, save, exit.
 
 A cluster that preempts a job sends SIGTERM (torchrun forwards it to every
-rank), a user presses Ctrl-C. Either way the training loop should stop at
+rank) or, with SLURM's `--signal=USR1@SECONDS`, SIGUSR1 some time before
+the end of the allocation (the job script then requeues it); a user presses
+Ctrl-C. Either way the training loop should stop at
 the next step boundary and write a checkpoint rather than die mid-step.
 `StopRequest` records the first signal; a second one gets the default
 behaviour (a second Ctrl-C interrupts at once; the checkpoint write is
@@ -16,11 +18,11 @@ import time
 
 log = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
-    """Set by SIGINT/SIGTERM while `installed()` is active."""
+    """Set by SIGINT/SIGTERM/SIGUSR1 while `installed()` is active."""
 
     def __init__(self):
         self.signum = None
@@ -44,7 +46,7 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self):
-        """Catch SIGINT/SIGTERM in the block (main thread only; elsewhere
+        """Catch SIGINT/SIGTERM/SIGUSR1 in the block (main thread only; elsewhere
         signals cannot be caught and the block runs without)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
@@ -60,11 +62,12 @@ class StopRequest:
 
 
 # Test hook: NCM_TEST_SIGNAL_AT_STEP=WHAT:EPOCH:STEP makes the run send itself
-# SIGKILL (KILL), SIGTERM (TERM) or stop responding (HANG) right after
-# training step STEP of epoch EPOCH, so that tests aim at a chosen step
-# rather than at a wall-clock moment.
+# SIGKILL (KILL), SIGTERM (TERM) or SIGUSR1 (USR1), stop responding (HANG) or
+# SIGKILL its first DataLoader worker (KILL_WORKER) right after training
+# step STEP of epoch EPOCH, so that tests aim at a chosen step rather than at
+# a wall-clock moment.
 STEP_HOOK_ENV = 'NCM_TEST_SIGNAL_AT_STEP'
-HOOK_ACTIONS = ('KILL', 'TERM', 'HANG')
+HOOK_ACTIONS = ('KILL', 'TERM', 'USR1', 'HANG', 'KILL_WORKER')
 
 
 class StepHook:
@@ -81,7 +84,7 @@ class StepHook:
                                  f"of {HOOK_ACTIONS}")
             self.action, self.at = action, (int(epoch), int(step))
 
-    def after_step(self, epoch, step):
+    def after_step(self, epoch, step, loader=None):
         if self.action is None or (epoch, step) != self.at:
             return
         log.warning("%s: %s after step %d of epoch %d", STEP_HOOK_ENV,
@@ -89,5 +92,11 @@ class StepHook:
         if self.action == 'HANG':
             while True:
                 time.sleep(60)
-        os.kill(os.getpid(), signal.SIGKILL if self.action == 'KILL'
-                else signal.SIGTERM)
+        if self.action == 'KILL_WORKER':
+            # The loader's live iterator (persistent workers) holds them.
+            worker = loader._iterator._workers[0]
+            log.warning("%s: killing DataLoader worker pid %d", STEP_HOOK_ENV,
+                        worker.pid)
+            os.kill(worker.pid, signal.SIGKILL)
+            return
+        os.kill(os.getpid(), getattr(signal, f'SIG{self.action}'))

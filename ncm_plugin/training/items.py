@@ -34,10 +34,17 @@ class ItemRequest(NamedTuple):
 class ItemRequests(torch.utils.data.Sampler):
     """The DataLoader's sampler: `length` ItemRequests an epoch, in the
     stock random sampler's order, seeded by (run seed, epoch, number);
-    `skip(n)` drops the epoch's first n (a resumed epoch)."""
+    `skip(n)` drops the epoch's first n (a resumed epoch).
 
-    def __init__(self, num_clouds, length, seed):
+    Under torchrun the ranks draw one order of length * world_size items
+    from `order_seed` (the same on every rank) and rank r takes items
+    r, r + W, r + 2W, ...: together the ranks cover the epoch once."""
+
+    def __init__(self, num_clouds, length, seed, order_seed=None, ranks=None):
         self.num_clouds, self.length, self.seed = int(num_clouds), int(length), seed
+        self.order_seed = seed if order_seed is None else order_seed
+        self.rank = ranks.rank if ranks is not None else 0
+        self.world_size = ranks.world_size if ranks is not None else 1
         self.epoch, self._skip = 0, 0
 
     def __len__(self):
@@ -51,8 +58,9 @@ class ItemRequests(torch.utils.data.Sampler):
 
     def __iter__(self):
         skip, self._skip = self._skip, 0
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(
-            self.length) % self.num_clouds
+        order = np.random.default_rng([self.order_seed, self.epoch]).permutation(
+            self.length * self.world_size)[self.rank::self.world_size] % \
+            self.num_clouds
         for number in range(skip, self.length):
             yield ItemRequest(int(order[number]),
                               sphere_seed(self.seed, self.epoch, number))

@@ -32,7 +32,6 @@ import logging
 import os
 import random
 from datetime import datetime
-from itertools import islice
 from os.path import isabs, join
 from pathlib import Path
 
@@ -53,7 +52,9 @@ from tqdm import tqdm
 from . import checkpoints, distributed
 from ..evaluation.recorder import TestRecorder
 from ..models import NCMTerm
-from .batcher import NCMConcatBatcher, NCMStockBatcher, move_batch
+from .batcher import (DeviceBatcher, NCMConcatBatcher, NCMStockBatcher,
+                      host_view, move_batch)
+from .devices import device_report, require_device
 from .interrupts import StepHook, StopRequest
 from .items import ItemRequests, SeededItemDataset
 from .options import PipelineOptions
@@ -62,7 +63,7 @@ from .samplers import (SharedSpatiallyRegularSampler, SphereDataset,
                        SphereRequests, preprocessed_cloud, worker_context,
                        worker_init)
 from .totals import EpochTiming, EpochTotals, NonFiniteLoss
-from .watchdog import Watchdog
+from .watchdog import Watchdog, worker_errors
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,27 @@ def points_inside(loader, attrs, centres, radius):
     return np.array(counts)
 
 
-def make_deterministic(device):
-    """Deterministic kernels where torch has them (pipeline.deterministic)."""
+# Backbones whose training runs Open3D's own CUDA kernels with atomic
+# accumulation (SparseConvUnet's sparse convolutions, PVCNN's voxelisation
+# and devoxelisation), which torch's deterministic mode does not reach.
+NOT_DETERMINISTIC_ON_CUDA = ('SparseConvUnet', 'PVCNN')
+
+
+def make_deterministic(device, model=None):
+    """Deterministic kernels where torch has them (pipeline.deterministic).
+
+    On CUDA this covers KPConv (KPFCNN), RandLA-Net and PointTransformer,
+    whose ops are torch's (KPConv's gather backward then runs a sort-based
+    scatter: slower, see docs/performance.md); SparseConvUnet and PVCNN
+    stay non-deterministic there (a warning says so)."""
     if device.type == 'cuda':
+        stock = (model.stock_name if isinstance(model, NCMTerm) else
+                 type(model).__name__ if model is not None else None)
+        if stock in NOT_DETERMINISTIC_ON_CUDA:
+            log.warning("pipeline.deterministic: %s runs Open3D's own CUDA "
+                        "kernels, which accumulate atomically and are not "
+                        "made deterministic; two runs will differ in the "
+                        "last bits", stock)
         # cuBLAS needs a fixed workspace for reproducible matrix products.
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.backends.cudnn.deterministic = True
@@ -156,6 +175,14 @@ def stock_model_name(model):
         yield
     finally:
         settings['name'] = name
+
+
+def unlabelled_loss(results):
+    """The loss of a step whose batch holds no labelled point: zero, in
+    float32 (an fp16 sum of the logits can overflow to inf, and inf * 0 is
+    NaN), still a function of every output so that the backward (and DDP's
+    all-reduce of every rank) runs as in any step."""
+    return results.float().sum() * 0.0
 
 
 class _NoWriter:
@@ -186,6 +213,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                  **kwargs):
         self.options = PipelineOptions.from_dict(kwargs)
         self.ranks = distributed.Ranks.from_env()
+        require_device(kwargs.get('device'))  # not Open3D-ML's CPU fallback
         super().__init__(model, dataset=dataset, name=name, distributed=False,
                          rank=self.ranks.rank, **kwargs)
         self.distributed = self.ranks.distributed
@@ -206,34 +234,54 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         self.stop = StopRequest()
         # The run's seed on this rank: global generators, sphere choices and
         # per-sphere augmentation derive from it.
-        self.seed = distributed.rank_seed(
-            int(self.rng.integers(np.iinfo(np.int32).max)), self.ranks.rank)
+        run_seed = int(self.rng.integers(np.iinfo(np.int32).max))
+        self.seed = distributed.rank_seed(run_seed, self.ranks.rank)
+        # The same on every rank: the epoch's order of items, which the ranks
+        # share out (rank 0's seed, so a single process is unchanged).
+        self.shared_seed = distributed.rank_seed(run_seed, 0)
         self.watchdog = Watchdog(self.options.step_timeout)
         self.epoch_timings = []
         self.step_hook = StepHook()
 
     # -- dispatch on the class, not the name ------------------------------
+    def training_batcher(self):
+        """The batcher of the training and validation loaders: batches
+        collated on the CPU (in a worker or here) with what the NCM term
+        needs; the loops copy them to the device. KPFCNN: NCMConcatBatcher;
+        the other NCM models: their stock batcher + the model's
+        ncm_collate."""
+        return self._cpu_batcher(ncm=True)
+
     def get_batcher(self, device, split='training'):
-        """Batches are collated on the CPU whatever `device`; the loops copy
-        them to the device. KPFCNN: NCMConcatBatcher; the other NCM models:
-        their stock batcher + the model's ncm_collate."""
+        """The batcher of Open3D-ML's own test and inference loops (the
+        stock `run_test` and `run_inference` call this): collated on the CPU
+        without the NCM's lists (inference never reads them), then moved to
+        `device`, since `run_inference` never moves a batch."""
+        return DeviceBatcher(self._cpu_batcher(ncm=False, split=split),
+                             device)
+
+    def _cpu_batcher(self, ncm, split='training'):
         if isinstance(self.model, KPFCNN):
-            ncm = getattr(self.model, 'ncm_loss', None)
+            loss = getattr(self.model, 'ncm_loss', None)
             knn = None
-            if ncm is not None and ncm.cfg.neighborhood == 'knn' and \
-                    ncm.cfg.weight > 0:
-                knn = (ncm.cfg.layer, ncm.cfg.k)
+            if ncm and loss is not None and loss.cfg.neighborhood == 'knn' \
+                    and loss.cfg.weight > 0:
+                knn = (loss.cfg.layer, loss.cfg.k)
             return NCMConcatBatcher(sort_neighbors=self.options.deterministic,
                                     ncm_knn=knn)
         if isinstance(self.model, NCMTerm):
-            return NCMStockBatcher(self.model)
-        return super().get_batcher(device, split)
+            return NCMStockBatcher(self.model, ncm=ncm)
+        return super().get_batcher(torch.device('cpu'), split)
 
     def get_3d_summary(self, results, input_data, epoch, save_gt=True):
         if isinstance(self.model, RandLANet) and 'xyz' not in input_data:
             # The stock summary reads RandLA-Net's points as 'xyz'; its
             # batches call them 'coords'.
             input_data = {**input_data, 'xyz': input_data['coords']}
+        if isinstance(self.model, KPFCNN):
+            # The stock summary reads KPFCNN's lengths with .numpy(), which
+            # fails once the batch is on the GPU: it gets their host copy.
+            input_data = host_view(input_data)
         with stock_model_name(self.model):
             return super().get_3d_summary(results, input_data, epoch, save_gt)
 
@@ -251,7 +299,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             dataset=split_data, preprocess=model.preprocess, sampler=sampler,
             use_cache=dataset.cfg.use_cache,
             steps_per_epoch=distributed.steps_per_rank(
-                dataset.cfg.get(steps_key, None), self.ranks.world_size))
+                dataset.cfg.get(steps_key, None), self.ranks.world_size,
+                len(split_data)))
         if isinstance(sampler, SharedSpatiallyRegularSampler):
             if not isinstance(model, KPFCNN):
                 raise ValueError(
@@ -269,7 +318,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             # seeded in the main process (items.py), with or without workers.
             torch_split = SeededItemDataset(model=model, **common)
             requests = ItemRequests(len(split_data), len(torch_split),
-                                    self.seed)
+                                    self.seed, self.shared_seed, self.ranks)
         elif num_workers > 0:
             raise ValueError(
                 f"pipeline.num_workers={num_workers} needs "
@@ -285,8 +334,11 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             workers = dict(num_workers=num_workers, persistent_workers=True,
                            multiprocessing_context=worker_context(),
                            worker_init_fn=functools.partial(
-                               worker_init, main_pid=os.getpid()),
-                           timeout=self.options.step_timeout)
+                               worker_init, main_pid=os.getpid()))
+            # No DataLoader timeout: with one, torch waits that long for a
+            # batch before it looks at its workers; without, it checks every
+            # few seconds whether a worker died (killed, out of memory) and
+            # says so. A stuck (live) worker is the watchdog's to report.
         # Its own generator: a DataLoader draws a seed for its workers each
         # time it starts an iteration (each epoch without persistent
         # workers), and from torch's global generator that would shift the
@@ -294,7 +346,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         loader = DataLoader(
             torch_split, batch_size=batch_size, sampler=requests,
             pin_memory=self.options.pin_memory and self.device.type == 'cuda',
-            collate_fn=self.get_batcher(self.device).collate_fn,
+            collate_fn=self.training_batcher().collate_fn,
             generator=torch.Generator().manual_seed(self.seed), **workers)
         return loader, sampler
 
@@ -353,7 +405,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         self.watchdog.beat(epoch, done, phase)
         timing = EpochTiming(phase, epoch)
         with torch.set_grad_enabled(train):
-            for inputs in tqdm(timing.wrap(islice(loader, todo)), total=todo,
+            for inputs in tqdm(timing.wrap(worker_errors(
+                    loader, todo, phase, epoch)), total=todo,
                                desc=phase, disable=not self.ranks.primary):
                 batch = inputs['data']
                 if train and not self._spheres_checked and \
@@ -364,15 +417,20 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                     results = forward(batch)
                     loss, gt_labels, predict_scores = model.get_loss(
                         loss_fn, results, inputs, self.device)
-                if predict_scores.shape[0] == 0:
-                    # No labelled point: a zero loss keeps every rank's
-                    # backward (and DDP's all-reduce) in step.
-                    loss = results.sum() * 0.0
+                # (The stock loss has already read the number of labelled
+                # points on the host.)
+                labelled = predict_scores.shape[0] > 0
+                if not labelled:
+                    loss = unlabelled_loss(results)
                 if train:
                     self._train_step(loss)
-                totals.add(done, {'loss': loss,
-                                  **getattr(model, 'loss_terms', {})})
-                totals.add_predictions(predict_scores.detach(), gt_labels)
+                if labelled:
+                    totals.add(done, {'loss': loss,
+                                      **getattr(model, 'loss_terms', {})})
+                    totals.add_predictions(predict_scores.detach(), gt_labels)
+                else:
+                    totals.declare(['loss', *getattr(model, 'loss_terms', {})])
+                    totals.unlabelled_steps += 1
                 if done == skip and self.ranks.primary and \
                         stage in self.cfg.get('summary').get('record_for', []):
                     self.summary[stage] = self.get_3d_summary(
@@ -380,7 +438,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 done += 1
                 self.watchdog.beat(epoch, done, phase)
                 if train:
-                    self.step_hook.after_step(epoch, done)
+                    self.step_hook.after_step(epoch, done, loader)
                 due = done % check_every == 0
                 if due:
                     self._check_finite(totals)
@@ -388,15 +446,33 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                     break
         self._check_finite(totals)
         self.epoch_timings.append(timing.finish(done - skip))
+        self._log_unlabelled(totals)
         metric.confusion_matrix = totals.confusion()
         metric.num_classes = model.cfg.num_classes
         self._reduce_metric(metric, stage)
         means = self._mean_over_ranks(totals)
+        loss = means.pop('loss', float('nan'))
         if train:
-            self.losses = [means.pop('loss')]
+            self.losses = [loss]
         else:
-            self.valid_losses = [means.pop('loss')]
+            self.valid_losses = [loss]
         return means, done
+
+    def _log_unlabelled(self, totals):
+        """One line per epoch: the steps (over all ranks) whose batch held
+        no labelled point; they ran a zero loss and are left out of the
+        epoch's means."""
+        count = totals.unlabelled_steps
+        if self.distributed:
+            count = int(distributed.all_reduce_sum(np.array([count]),
+                                                   self.device)[0])
+        totals.unlabelled_steps = count
+        if count:
+            log.info("%s of epoch %d: %d step(s) without a labelled point "
+                     "(unlabelled_steps; zero loss, left out of the means)",
+                     totals.phase.capitalize(), totals.epoch, count)
+        self.unlabelled_steps = getattr(self, 'unlabelled_steps', {})
+        self.unlabelled_steps[(totals.phase, totals.epoch)] = count
 
     def _reduce_metric(self, metric, stage):
         """Sum the confusion matrices of all ranks into `metric`; keep this
@@ -477,7 +553,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         timestamp = datetime.now().strftime('%Y-%m-%d_%H-%M-%S')
         log_file_path = join(self.cfg.logs_dir, 'log_train_' + timestamp +
                              '.txt')
-        log.info("DEVICE : %s", self.device)
+        log.info("%s", device_report(self.device))
         log.info("Logging in file : %s", log_file_path)
         handler = logging.FileHandler(log_file_path)
         logging.getLogger().addHandler(handler)
@@ -516,7 +592,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         cleanly on SIGINT/SIGTERM."""
         self._seed_everything()
         if self.options.deterministic:
-            make_deterministic(self.device)
+            make_deterministic(self.device, self.model)
         cfg = self.cfg
         self._prepare_model()
         handler, writer = self._open_logs()
@@ -635,7 +711,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                   'samplers': self._sampler_states(steps_done is not None)}
         if isinstance(getattr(self.model, 'rng', None), np.random.Generator):
             states['model_rng'] = checkpoints.generator_state(self.model.rng)
-        states = (distributed.gather_objects(states) if self.distributed
+        states = (distributed.gather_to_primary(states) if self.distributed
                   else [states])
         if not self.ranks.primary:
             return
@@ -645,7 +721,12 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             optimizer_state_dict=self.optimizer.state_dict(),
             scheduler_state_dict=self.scheduler.state_dict(),
             random_states=states, best=self.best,
-            world_size=self.ranks.world_size)
+            world_size=self.ranks.world_size,
+            config=checkpoints.run_config({
+                'dataset': self.dataset.cfg._cfg_dict,
+                'model': self.model.cfg._cfg_dict,
+                'pipeline': self.cfg._cfg_dict}),
+            input_settings=checkpoints.plain(self.input_settings()))
         if steps_done is not None:
             content['steps_done'] = steps_done
         scaler = self.precision.state_dict()
@@ -659,6 +740,23 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         log.info("Epoch %3d: checkpoint saved to %s%s", epoch, path,
                  f" (removed {', '.join(p.name for p in removed)})"
                  if removed else '')
+
+    def input_settings(self):
+        """What shapes the model's input beyond its own config: the dataset
+        class, labels, ignored labels and class names, and the dataset's own
+        resolved settings where it has some (`input_settings()`)."""
+        model_cfg = self.model.cfg
+        settings = {
+            'dataset_class': type(self.dataset).__name__,
+            'lbl_values': list(model_cfg.get('lbl_values') or []),
+            'ignored_label_inds': list(model_cfg.get('ignored_label_inds')
+                                       or []),
+            'label_to_names': dict(getattr(self.dataset, 'label_to_names',
+                                           None) or {})}
+        own = getattr(self.dataset, 'input_settings', None)
+        if callable(own):
+            settings['dataset'] = own()
+        return settings
 
     def _sampler_states(self, mid_epoch):
         """{split: coverage state} of this rank's samplers; in the middle of
@@ -717,28 +815,36 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             path, ckpt = self.read_checkpoint(
                 self.model.cfg.ckpt_path,
                 self.model.cfg.get('is_resume', True))
-        if self.distributed:
-            path, ckpt = distributed.broadcast_object((path, ckpt))
-        if ckpt is None:
-            log.info('Initializing from scratch.')
-            return 0, 0
-        self._load_states(ckpt)
-        self.precision.load_state_dict(ckpt.get('scaler_state_dict'))
-        self.best = ckpt.get('best')
-        states = ckpt.get('random_states')
-        if states is not None and len(states) == self.ranks.world_size:
-            checkpoints.set_random_state(states[self.ranks.rank], self.device)
-            if 'model_rng' in states[self.ranks.rank]:
-                checkpoints.set_generator_state(
-                    self.model.rng, states[self.ranks.rank]['model_rng'])
-            for split, state in states[self.ranks.rank].get(
-                    'samplers', {}).items():
-                self._samplers[split].load_state_dict(state)
-        elif states is not None:
+        states = ckpt.pop('random_states', None) if ckpt is not None else None
+        if states is not None and len(states) != self.ranks.world_size:
             log.warning("%s was written by %d rank(s), this run has %d: the "
                         "random generators are seeded afresh and the samplers' "
                         "coverage starts anew", path,
                         len(states), self.ranks.world_size)
+            states = None
+        if self.distributed:
+            # Everything but the per-rank states (each rank's coverage of
+            # every point) goes to every rank; each rank gets its own state.
+            path, ckpt = distributed.broadcast_object((path, ckpt))
+            has_states = distributed.broadcast_object(states is not None)
+            own = (distributed.scatter_from_primary(states) if has_states
+                   else None)
+        else:
+            own = states[0] if states is not None else None
+        if ckpt is None:
+            log.info('Initializing from scratch.')
+            return 0, 0
+        checkpoints.check_resumable(ckpt, path)
+        self._load_states(ckpt)
+        self.precision.load_state_dict(ckpt.get('scaler_state_dict'))
+        self.best = ckpt.get('best')
+        if own is not None:
+            checkpoints.set_random_state(own, self.device)
+            if 'model_rng' in own:
+                checkpoints.set_generator_state(self.model.rng,
+                                                own['model_rng'])
+            for split, state in own.get('samplers', {}).items():
+                self._samplers[split].load_state_dict(state)
         epoch, steps_done = int(ckpt.get('epoch', -1)), ckpt.get('steps_done')
         if steps_done is None:
             first, skip = epoch + 1, 0

@@ -112,19 +112,25 @@ def batch_seed(items):
 
 @contextmanager
 def seeded(seed):
-    """numpy's, random's and torch's global generators seeded for one item,
-    and given back as they were (the stock transform draws from the global
-    numpy generator)."""
-    states = np.random.get_state(), random.getstate(), torch.get_rng_state()
-    np.random.seed(seed)
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(states[0])
-        random.setstate(states[1])
-        torch.set_rng_state(states[2])
+    """numpy's, random's and torch's CPU generators seeded for one item, and
+    given back as they were (the stock transform draws from the global
+    numpy generator).
+
+    The CUDA generators are neither seeded nor touched: `torch.manual_seed`
+    would re-seed every CUDA device too, and this runs in the main process
+    at every step when there are no workers, so the training step's dropout
+    would restart from each batch's seed (and differ from a run with
+    workers)."""
+    states = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        np.random.seed(seed)
+        random.seed(seed)
+        torch.default_generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(states[0])
+            random.setstate(states[1])
 
 
 class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
@@ -264,19 +270,48 @@ class SphereTransform:
 
 
 def data_model(model):
-    """A shallow copy of `model` without parameters, buffers, weighted
-    submodules or tensors: what a worker needs to run the model's preprocess
-    and transform (its cfg and methods), cheap to send, never on a GPU."""
-    bare = type(model).__new__(type(model))
-    bare.__dict__.update({key: value for key, value in model.__dict__.items()
-                          if not isinstance(value, torch.Tensor)})
-    # Submodules without weights (the NCM loss and its settings) stay.
-    bare.__dict__.update(_parameters={}, _buffers={}, _modules={
-        name: module for name, module in model._modules.items()
-        if module is not None and next(module.parameters(), None) is None
-        and next(module.buffers(), None) is None})
+    """The data side of `model`, for DataLoader workers: a shallow copy that
+    keeps its cfg and methods (preprocess, transform, ncm_collate) and
+    nothing that holds a tensor (no parameters, buffers, weighted
+    submodules, logged loss terms or the NCM loss's last KL, at any depth
+    of its attributes), on the CPU.
+
+    A worker unpickling a CUDA tensor would initialise CUDA in a process
+    forked from the fork server (and open a CUDA context per worker just to
+    hold a few scalars): workers must receive no tensor at all."""
+    bare = _without_tensors(model)
     bare.__dict__.pop('trans_point_sampler', None)
+    if 'device' in bare.__dict__:
+        bare.device = torch.device('cpu')
     return bare
+
+
+def _without_tensors(module):
+    """A copy of `module` with no tensor-holding attribute, and only its
+    weightless submodules (themselves copied the same way)."""
+    bare = type(module).__new__(type(module))
+    bare.__dict__.update({key: value for key, value in module.__dict__.items()
+                          if not holds_tensor(value)})
+    bare.__dict__.update(_parameters={}, _buffers={}, _modules={
+        name: _without_tensors(child)
+        for name, child in module._modules.items()
+        if child is not None and next(child.parameters(), None) is None
+        and next(child.buffers(), None) is None})
+    return bare
+
+
+def holds_tensor(value, depth=0):
+    """True when `value` is a tensor or a container holding one (a few
+    levels deep: the dicts and lists of logged terms)."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if depth >= 4:
+        return False
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, (list, tuple, set, frozenset)):
+        return False
+    return any(holds_tensor(item, depth + 1) for item in value)
 
 
 def preprocessed_by(state, bare):
@@ -371,11 +406,42 @@ copyreg.pickle(Config, _reduce_config)
 
 
 def worker_context():
-    """The multiprocessing context DataLoader workers start from."""
+    """The multiprocessing context DataLoader workers start from: the fork
+    server, started (once per process) with no visible CUDA device.
+
+    Its preload imports ncm_plugin, hence open3d, whose CUDA build calls
+    cudaGetDeviceCount and torch.cuda.is_available() on import: a process
+    forked after that cannot use CUDA, and workers need none (they get no
+    tensor, see `data_model`). Hiding the devices from the server keeps CUDA
+    out of it and of every worker."""
     import multiprocessing
+    from multiprocessing import forkserver
     context = multiprocessing.get_context(WORKER_START_METHOD)
     context.set_forkserver_preload(WORKER_PRELOAD)
+    with environment(**WORKER_ENVIRONMENT):
+        forkserver.ensure_running()
     return context
+
+
+# The fork server's (and so every worker's) environment beside the trainer's.
+WORKER_ENVIRONMENT = {'CUDA_VISIBLE_DEVICES': ''}
+
+
+@contextmanager
+def environment(**values):
+    """os.environ with `values` set inside the block (the fork server is a
+    new interpreter that inherits the environment when it starts)."""
+    import os
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 SAMPLER._register_module(SharedSpatiallyRegularSampler)

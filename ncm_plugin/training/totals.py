@@ -25,23 +25,31 @@ class EpochTotals:
         self.phase, self.epoch = phase, epoch
         self.sums, self.first_bad = {}, {}
         self.steps = 0
+        # Steps whose batch held no labelled point: not added (see declare).
+        self.unlabelled_steps = 0
         self.matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64,
                                   device=device)
 
     def add(self, step, terms):
         """terms {name: scalar tensor} of step `step` (no host sync)."""
+        self.declare(terms)
         for name, value in terms.items():
             value = torch.as_tensor(value, device=self.device).detach()
             value = value.to(torch.float64).reshape(())
+            self.sums[name] += value
+            bad = torch.where(torch.isfinite(value), NEVER, step)
+            self.first_bad[name] = torch.minimum(self.first_bad[name], bad)
+        self.steps += 1
+
+    def declare(self, names):
+        """Terms that exist even if no step adds them (a rank whose every
+        step was unlabelled reduces the same terms as the others)."""
+        for name in names:
             if name not in self.sums:
                 self.sums[name] = torch.zeros((), dtype=torch.float64,
                                               device=self.device)
                 self.first_bad[name] = torch.full((), NEVER, dtype=torch.int64,
                                                   device=self.device)
-            self.sums[name] += value
-            bad = torch.where(torch.isfinite(value), NEVER, step)
-            self.first_bad[name] = torch.minimum(self.first_bad[name], bad)
-        self.steps += 1
 
     def add_predictions(self, scores, labels):
         """scores [N, C], labels [N] (label indices) of a step's valid points."""

@@ -3,12 +3,17 @@ within `pipeline.step_timeout` seconds, the watchdog prints which epoch, step
 and phase it was stuck in and every thread's stack (faulthandler), and ends
 the process with EXIT_HUNG. A DataLoader worker that never starts, a
 collective that a dead rank never joins, a deadlocked lock: without it a run
-on a cluster waits until its allocation runs out, saying nothing."""
+on a cluster waits until its allocation runs out, saying nothing.
+
+A DataLoader worker that died (killed, out of memory) is noticed by torch
+itself within seconds (the loaders have no `timeout`, so torch polls its
+workers): `worker_errors` turns that into a WorkerDied naming the loader."""
 import faulthandler
 import os
 import sys
 import threading
 import time
+from itertools import islice
 
 EXIT_HUNG = 124  # as timeout(1)
 
@@ -62,3 +67,25 @@ class Watchdog:
         faulthandler.dump_traceback(file=stream, all_threads=True)
         stream.flush()
         os._exit(EXIT_HUNG)
+
+
+class WorkerDied(RuntimeError):
+    """A DataLoader worker ended while the loop waited for its batch."""
+
+
+def worker_errors(loader, count, phase, epoch):
+    """The first `count` batches of `loader`; a worker that died (killed,
+    out of memory) becomes a WorkerDied naming the loader and what to do,
+    whether torch notices it while waiting for a batch or when a new epoch
+    starts its persistent workers again."""
+    try:
+        yield from islice(loader, count)
+    except RuntimeError as error:
+        if 'DataLoader worker' not in str(error):
+            raise
+        raise WorkerDied(
+            f"the {phase} DataLoader ({loader.num_workers} worker(s)) lost a "
+            f"worker in epoch {epoch}: {str(error).splitlines()[0].rstrip('.')}. It may "
+            f"have run out of memory (see the system log, e.g. dmesg); fewer "
+            f"pipeline.num_workers or a smaller batch use less. Running the "
+            f"same command again resumes from the last checkpoint.") from None

@@ -126,6 +126,14 @@ class LASDataset(BaseDataset):
         return list(self.settings.features) + (list(COLOUR) if with_colour
                                                else [])
 
+    def input_settings(self):
+        """The resolved settings that shape the model's input (a checkpoint
+        stores them: applying the model to new tiles needs the same grid,
+        features, scaling, colour use and classes)."""
+        return {**self.settings.conversion_key(),
+                'class_names': list(self.settings.class_names),
+                'feature_names': list(self.feature_names)}
+
     def display_colours(self, data):
         """[M, 3] colours in 0..1 of a cloud for the comparison's input view:
         its colour when the model gets it, else its intensity in grey

@@ -290,7 +290,8 @@ def backbone_checks(report, setting, backbone):
                repeats, warmup)
     report.run('pipeline', checks[3], deterministic_cost, model, inputs,
                loss_fn, max(repeats, 1))
-    del built, model, inputs, loss_fn
+    built.clear()
+    del model, inputs, loss_fn
     gc.collect()
     if setting.cuda:
         torch.cuda.empty_cache()

@@ -1,7 +1,6 @@
 """LAS/LAZ tiles: read against laspy's own reading of a real IGN LiDAR HD
 tile, classes mapped and written back, bad files named."""
 import logging
-import shutil
 from pathlib import Path
 
 import laspy
@@ -10,8 +9,7 @@ import pytest
 
 from ncm_plugin.datasets.lidar.las import (ASPRS_CLASS_MAP, LasError,
                                            check_class_map, labels_to_codes,
-                                           map_classes, read_tile,
-                                           write_classified)
+                                           map_classes, read_tile)
 
 TILE = Path(__file__).parent / 'data' / 'ign_lidarhd' / \
     'test_data_77050_627760_LA93_IGN69.laz'
@@ -63,28 +61,6 @@ def test_bad_class_maps_name_the_key(class_map, message):
     with pytest.raises(ValueError, match=message):
         check_class_map(class_map, 5)
     assert check_class_map({'2': 1, 6: 5}, 5) == {2: 1, 6: 5}
-
-
-def test_the_classified_copy_keeps_every_point_and_field(tmp_path):
-    source = tmp_path / 'tile.laz'
-    shutil.copy(TILE, source)
-    before = source.read_bytes()
-    rng = np.random.default_rng(0)
-    codes = rng.choice([2, 3, 6], size=56035).astype(np.uint8)
-    probability = rng.random(56035).astype(np.float32)
-    target = write_classified(source, tmp_path / 'out' / 'tile.laz', codes,
-                              probability)
-    assert source.read_bytes() == before  # the original is untouched
-    original, written = laspy.read(source), laspy.read(target)
-    assert written.header.point_format.id == original.header.point_format.id
-    for name in original.point_format.dimension_names:
-        if name != 'classification':
-            np.testing.assert_array_equal(written[name], original[name],
-                                          err_msg=name)
-    np.testing.assert_array_equal(written.classification, codes)
-    np.testing.assert_array_equal(written['probability'], probability)
-    with pytest.raises(LasError, match='would overwrite the original'):
-        write_classified(source, source, codes, probability)
 
 
 def test_bad_files_are_named(tmp_path):

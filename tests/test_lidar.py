@@ -156,33 +156,42 @@ def test_a_second_dataset_converts_nothing_new_settings_convert_anew(
 
 
 def test_the_classified_copy_holds_every_point_and_field(dataset, folder):
+    """As ncm-predict writes it: Classification untouched, each point's
+    PredictedClassification and probabilities its grid cell's; the
+    returned confusion counts every original point with a mapped code."""
     split = dataset.get_split('test')
     attr = split.get_attr(0)
     cells = len(split.get_data(0)['point'])
     rng = np.random.default_rng(0)
-    predicted = rng.integers(0, 5, cells)  # class indices 0..4
-    scores = rng.random((cells, 5)).astype(np.float16)
-    dataset.save_test_result({'predict_labels': predicted,
-                              'predict_scores': scores}, attr)
+    scores = rng.random((cells, 5)).astype(np.float32)
+    confusion = dataset.save_test_result({'predict_labels': scores.argmax(1),
+                                          'predict_scores': scores.copy()},
+                                         attr)
     source = folder / f'{TEST}.laz'
     written = laspy.read(Path(dataset.cfg.test_result_folder) / 'LASDataset'
                          / f'{TEST}.laz')
     original = laspy.read(source)
     assert len(written.points) == len(original.points) == 60653
     for name in original.point_format.dimension_names:
-        if name != 'classification':
-            np.testing.assert_array_equal(written[name], original[name],
-                                          err_msg=name)
+        np.testing.assert_array_equal(written[name], original[name],
+                                      err_msg=name)
     # The prediction of every point is its cell's, as an ASPRS code.
     _, point_cells = direct_grid(source, GRID)
     data = split.get_data(0)
     cell_row = {tuple(np.floor(p / GRID).astype(int)): i for i, p in
                 enumerate(data['point'].astype(np.float64))}
     rows = np.array([cell_row[c] for c in point_cells])
-    codes = np.array([CODE_OF_LABEL[c + 1] for c in predicted])
-    np.testing.assert_array_equal(written.classification, codes[rows])
-    share = scores.astype(np.float32).max(1) / scores.astype(np.float32).sum(1)
-    np.testing.assert_allclose(written['probability'], share[rows], rtol=1e-5)
+    codes = np.array([CODE_OF_LABEL[c + 1] for c in scores.argmax(1)])
+    np.testing.assert_array_equal(written['PredictedClassification'],
+                                  codes[rows])
+    share = scores / scores.sum(1, keepdims=True)
+    np.testing.assert_allclose(written['building'], share[rows, 4], rtol=1e-5)
+    expected = np.zeros((5, 5), dtype=np.int64)
+    for code, predicted in zip(original.classification, codes[rows]):
+        if int(code) in LABEL_OF_CODE:
+            expected[LABEL_OF_CODE[int(code)] - 1,
+                     LABEL_OF_CODE[int(predicted)] - 1] += 1
+    np.testing.assert_array_equal(confusion, expected)
 
 
 @pytest.mark.parametrize('kwargs, error, message', [
@@ -269,8 +278,10 @@ def test_train_and_test_on_the_real_tiles_through_the_command_line(
     assert len(list((tmp_path / 'logs').rglob('results.json'))) == 1
     written = laspy.read(tmp_path / 'test' / 'LASDataset' / f'{TEST}.laz')
     assert len(written.points) == 60653
-    assert set(np.unique(written.classification)) <= {2, 3, 4, 5, 6}
-    assert 0 < written['probability'].min() <= written['probability'].max() <= 1
+    assert set(np.unique(written['PredictedClassification'])) <= {2, 3, 4, 5, 6}
+    assert np.array_equal(written.classification,
+                          laspy.read(folder / f'{TEST}.laz').classification)
+    assert 0 <= written['entropy'].min() <= written['entropy'].max() <= np.log(5)
 
 
 def test_the_top_view_shows_a_tile_north_up(tmp_path):
@@ -317,7 +328,8 @@ def test_the_top_view_shows_a_tile_north_up(tmp_path):
 @pytest.fixture(scope='module')
 def buildings_run(folder, tmp_path_factory):
     """A tiny run through the command line's main with buildings only
-    (every other code ignored): many 6 m spheres hold no labelled point.
+    (every other code ignored): many 6 m spheres hold no labelled point;
+    and no validation tile (the config's default val_files: []).
     (pipeline, its log records, its folder)"""
     from ncm_plugin.tools.runner import main
     root = tmp_path_factory.mktemp('buildings')
@@ -332,9 +344,8 @@ def buildings_run(folder, tmp_path_factory):
             'torch', '-c', 'ncm_kpconv_lidar.yml', '--dataset_path',
             str(folder), '--device', 'cpu', '--main_log_dir',
             str(root / 'logs'), '--dataset.cache_dir', str(root / 'cache'),
-            '--dataset.val_files', f'[{VAL}.laz]', '--dataset.test_files',
-            f'[{TEST}.laz]', '--dataset.grid_size', '0.5',
-            '--dataset.class_map', '{6: 1}', '--dataset.class_names',
+            '--dataset.test_files', f'[{TEST}.laz]',
+            '--dataset.grid_size', '0.5', '--dataset.class_map', '{6: 1}', '--dataset.class_names',
             '[building]', '--model.num_classes', '1', '--model.lbl_values',
             '[0, 1]',
             *tiny_run_overrides(in_radius=6.0, first_subsampling_dl=0.5),
@@ -356,6 +367,16 @@ def test_spheres_without_a_labelled_point_train_on(buildings_run):
     assert any('step(s) without a labelled point' in r.getMessage()
                for r in records)
     assert np.isfinite(pipeline.losses[0])
+
+
+def test_without_a_validation_tile_training_runs_its_epochs(buildings_run):
+    """(It used to end after epoch 0 in a traceback: an argmin over no
+    validation cloud.)"""
+    pipeline, records, root = buildings_run
+    assert any("validation split holds no cloud" in r.getMessage()
+               for r in records)
+    assert pipeline.best is None
+    assert len(list((root / 'logs').rglob('ckpt_*.pth'))) == 1
 
 
 def test_the_checkpoint_holds_the_config_and_input_settings(buildings_run):

@@ -54,8 +54,11 @@ class TestRecorder:
         self.clouds, self.labelled = [], []
         (self.folder / PREDICTIONS_DIR).mkdir(parents=True, exist_ok=True)
 
-    def add(self, split, cloud_id, predicted):
-        """predicted: [N] class indices of every point of cloud `cloud_id`."""
+    def add(self, split, cloud_id, predicted, confusion=None):
+        """predicted: [N] class indices of every point of cloud `cloud_id`;
+        confusion: [C, C] of the cloud's original points where the dataset
+        gives its points subsampled (LAS tiles: the classified copy counts
+        every point of the file), instead of the count over `predicted`."""
         name = split.get_attr(cloud_id)['name']
         if name in self.clouds:  # the stock loop may finish a cloud twice
             return
@@ -67,13 +70,19 @@ class TestRecorder:
         np.save(self.folder / PREDICTIONS_DIR / f'{name}.npy',
                 self.values[predicted].astype(np.int32))
         self.clouds.append(name)
+        if confusion is not None:
+            if np.asarray(confusion).sum():
+                self.confusion += np.asarray(confusion, dtype=np.int64)
+                self.labelled.append(name)
+            return
         truth = labels_to_indices(data['label'], self.values)
         if (truth >= 0).any():
             self.confusion += confusion_matrix(truth, predicted, len(self.names))
             self.labelled.append(name)
 
-    def write(self):
-        """results.* in the folder; returns the results dict."""
+    def write(self, extra=None):
+        """results.* in the folder; returns the results dict (with `extra`,
+        e.g. the test votes, recorded in it)."""
         if self.labelled:
             results = scores(self.confusion, self.names, self.benchmark)
         else:
@@ -86,7 +95,8 @@ class TestRecorder:
             num_clouds=len(self.clouds), clouds=self.clouds,
             labelled_clouds=self.labelled,
             predictions=str(self.folder / PREDICTIONS_DIR),
-            confusion_matrix=self.confusion[np.ix_(order, order)].tolist())
+            confusion_matrix=self.confusion[np.ix_(order, order)].tolist(),
+            **(extra or {}))
         if not self.labelled:
             log.info("No test cloud has labels: predictions saved in %s, no "
                      "IoU (submit them to the benchmark).",

@@ -80,6 +80,10 @@ class PipelineOptions:
         non-finite one stops the run, naming the step and the term) and,
         under torchrun, the ranks agree on a stop request. Each is a wait for
         the device, so not every step.
+    test_votes: coverings of each test cloud averaged by the test split of
+        KPConv models (vote 0 as is, the others turned, scaled and flipped
+        as the model's augmentation settings say, seeded; see
+        inference/engine.py); 1 = one covering.
     deterministic: torch.use_deterministic_algorithms for the run (and, on
         CUDA, cuDNN's deterministic kernels). Sphere choices and their
         augmentation are seeded per sphere either way, so on the CPU two runs
@@ -95,6 +99,7 @@ class PipelineOptions:
     step_timeout: float = 1800.0
     check_every: int = 10
     deterministic: bool = False
+    test_votes: int = 1
 
     @classmethod
     def from_dict(cls, section, where='pipeline'):
@@ -142,6 +147,9 @@ class PipelineOptions:
         if options.num_workers < 0:
             raise ValueError(f"{where}.num_workers must be >= 0, got "
                              f"{options.num_workers}")
+        if options.test_votes < 1:
+            raise ValueError(f"{where}.test_votes must be >= 1 (coverings "
+                             f"of each test cloud), got {options.test_votes}")
         if options.check_every < 1:
             raise ValueError(f"{where}.check_every must be >= 1 step, got "
                              f"{options.check_every}")

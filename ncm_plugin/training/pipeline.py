@@ -528,6 +528,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
 
     def _update_best(self, epoch):
         """Track the best validation mIoU seen so far (saved, resumed)."""
+        if not getattr(self, 'valid_losses', None):
+            return
         ious = self.metric_val.iou()
         if ious is None or np.isnan(ious[-1]):
             return
@@ -540,7 +542,7 @@ class NCMSemanticSegmentation(SemanticSegmentation):
 
     def _log_confusion(self, epoch):
         matrix = self.metric_val.confusion_matrix
-        if matrix is None:
+        if matrix is None or not self.valid_losses:
             return
         log.info("Validation confusion matrix, epoch %d (rows: label, "
                  "columns: prediction; summed over %d rank(s)): %s", epoch,
@@ -603,8 +605,15 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             with distributed.rank_zero_first(self.ranks):
                 train_loader, train_sampler = self._loader(
                     'train', cfg.batch_size, 'steps_per_epoch_train')
-                valid_loader, valid_sampler = self._loader(
-                    'validation', cfg.val_batch_size, 'steps_per_epoch_valid')
+                valid_loader, valid_sampler = None, None
+                if len(self.dataset.get_split('validation')):
+                    valid_loader, valid_sampler = self._loader(
+                        'validation', cfg.val_batch_size,
+                        'steps_per_epoch_valid')
+                else:
+                    log.info("The dataset's validation split holds no "
+                             "cloud: training without validation (no "
+                             "validation metrics, no best %s)", BEST_METRIC)
             self._samplers = {'train': train_sampler, 'valid': valid_sampler}
             first_epoch, skip = self._resume()
             self.train_model = self._wrap_model()
@@ -654,9 +663,9 @@ class NCMSemanticSegmentation(SemanticSegmentation):
                 # Every rank validates (and rank 0 saves) rank 0's batch-norm
                 # running statistics.
                 distributed.broadcast_buffers(self.model)
-            valid_terms, validated = self._run_epoch(
-                valid_loader, valid_sampler, self.loss, False, epoch)
-            if validated < len(valid_loader):
+            valid_terms, validated = self._validate(valid_loader,
+                                                    valid_sampler, epoch)
+            if valid_loader is not None and validated < len(valid_loader):
                 # Stopped during validation: the epoch's training is done and
                 # saved; its partial metrics are neither logged nor ranked.
                 self.save_ckpt(epoch)
@@ -674,6 +683,29 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             if stopping:
                 log.info("Stopped after epoch %d", epoch)
                 return
+
+    def _validate(self, loader, sampler, epoch):
+        """The validation epoch: (terms, batches done); none without a
+        validation split."""
+        if loader is None:
+            self.valid_losses = []
+            return {}, 0
+        return self._run_epoch(loader, sampler, self.loss, False, epoch)
+
+    def save_logs(self, writer, epoch):
+        """Open3D-ML's epoch log and TensorBoard scalars; training only when
+        there is no validation split (the stock one reads validation
+        metrics that do not exist then)."""
+        if self.valid_losses:
+            return super().save_logs(writer, epoch)
+        accuracy, iou = self.metric_train.acc()[-1], self.metric_train.iou()[-1]
+        for key, value in (('Training loss', np.mean(self.losses)),
+                           ('Training accuracy/ Overall', accuracy),
+                           ('Training IoU/ Overall', iou)):
+            writer.add_scalar(key, value, epoch)
+        log.info("Loss train: %.3f  mean acc train: %.3f  mean IoU train: "
+                 "%.3f (no validation split)", np.mean(self.losses), accuracy,
+                 iou)
 
     def _tensorboard_dir(self):
         """TensorBoard folder; a relative train_sum_dir lives in main_log_dir."""
@@ -858,13 +890,19 @@ class NCMSemanticSegmentation(SemanticSegmentation):
 
     # -- testing ----------------------------------------------------------
     def run_test(self):
-        """Stock test loop; every finished cloud's prediction is saved and the
-        run ends with results.json/.md/.csv in the log folder.
+        """The test split; every cloud's prediction is saved and the run
+        ends with results.json/.md/.csv in the log folder. KPConv models go
+        through the prediction engine (inference/test_split.py: planned
+        spheres, pipeline.test_votes); the other backbones through
+        Open3D-ML's own test loop.
 
-        Under torchrun only rank 0 tests (the test sampler sweeps every
-        point of every cloud, which cannot be split between ranks)."""
+        Under torchrun only rank 0 tests."""
         if not self.ranks.primary:
             log.info("Rank %d: testing is done by rank 0", self.ranks.rank)
+            return
+        from ..inference.test_split import engine_tests, run_test_split
+        if engine_tests(self.model):
+            self.test_results = run_test_split(self)
             return
         self._test_recorder = TestRecorder(self.dataset, self.model.cfg,
                                            self.cfg.logs_dir)

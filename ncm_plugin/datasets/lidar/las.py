@@ -1,7 +1,7 @@
 """LAS/LAZ tiles of airborne LiDAR: reading points, features and ASPRS
 classes with laspy (streamed in chunks: a 1 km tile holds tens of millions
-of points), mapping the classes to a model's labels, and writing a
-classified copy of a tile.
+of points) and mapping the classes to a model's labels (the classified
+copies are written by inference/las_output.py).
 
 Coordinates come back in float64 and are recentred on the tile's own
 reference point (its header's minimum, rounded down to a metre): the
@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +42,12 @@ class LasError(ValueError):
 
 class Chunk(NamedTuple):
     """Consecutive points of a tile: points [n, 3] float64 relative to the
-    tile's origin, features [n, F] float32 (scaled), ASPRS codes [n]."""
+    tile's origin, features [n, F] float32 (scaled), ASPRS codes [n], and
+    the LAS 'withheld' flag [n] bool (None where the format has none)."""
     points: np.ndarray
     features: np.ndarray
     codes: np.ndarray
+    withheld: np.ndarray = None
 
 
 class Tile(NamedTuple):
@@ -87,6 +88,7 @@ class TileReader:
         if self.point_count == 0:
             raise LasError(f"{self.path}: the file holds no point")
         names = set(self.header.point_format.dimension_names)
+        self._dimensions = names
         missing = [name for name in features if name not in names]
         if missing:
             raise LasError(
@@ -137,8 +139,11 @@ class TileReader:
                    for name in self.feature_names]
         features = (np.stack(columns, axis=1) / self.scales if columns else
                     np.zeros((len(xyz), 0), dtype=np.float32))
+        withheld = (np.asarray(record['withheld'], dtype=bool)
+                    if 'withheld' in self._dimensions else None)
         return Chunk(xyz, features.astype(np.float32),
-                     np.asarray(record.classification, dtype=np.int64))
+                     np.asarray(record.classification, dtype=np.int64),
+                     withheld)
 
 
 def read_tile(path, features=DEFAULT_FEATURES, colour='auto',
@@ -154,24 +159,6 @@ def read_tile(path, features=DEFAULT_FEATURES, colour='auto',
     return Tile(reader.path, np.concatenate([c.points for c in chunks]),
                 reader.origin, features, names,
                 np.concatenate([c.codes for c in chunks]))
-
-
-def open_las(path):
-    """laspy's LasData of a whole file (for writing a classified copy), with
-    one clear error for a file that is not LAS/LAZ or is cut short."""
-    import laspy
-    path = Path(path)
-    try:
-        data = laspy.read(path)
-    except FileNotFoundError:
-        raise
-    except Exception as error:
-        raise _bad_file(path, error) from error
-    if len(data.points) != data.header.point_count:
-        raise LasError(f"{path}: the header announces "
-                       f"{data.header.point_count} points, the file holds "
-                       f"{len(data.points)} (cut short?)")
-    return data
 
 
 def check_class_map(class_map, num_classes, where='dataset.class_map'):
@@ -234,31 +221,3 @@ def labels_to_codes(labels, class_map, unknown_code=1):
     for label, code in inverse.items():
         table[label] = code
     return table[labels]
-
-
-def write_classified(source, target, codes, probability):
-    """A copy of tile `source` at `target` (.las or .laz) with every point and
-    every field of the original, the classification replaced by `codes`
-    [N] and the probability of the predicted class [N] in an extra byte
-    dimension `probability` (float32). The source is not modified; the
-    target appears whole or not at all. (The tile is held in memory: ~40
-    bytes a point.)"""
-    import laspy
-    source, target = Path(source), Path(target)
-    if source.resolve() == target.resolve():
-        raise LasError(f"{target}: would overwrite the original tile")
-    data = open_las(source)
-    if len(codes) != len(data.points) or len(probability) != len(data.points):
-        raise LasError(f"{source}: {len(data.points)} points but "
-                       f"{len(codes)} classes and {len(probability)} "
-                       f"probabilities")
-    if 'probability' not in data.point_format.dimension_names:
-        data.add_extra_dim(laspy.ExtraBytesParams(
-            name='probability', type=np.float32,
-            description='probability of the prediction'))
-    data.classification = np.asarray(codes, dtype=np.uint8)
-    data['probability'] = np.asarray(probability, dtype=np.float32)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp, open(tmp, 'wb') as out:
-        data.write(out, do_compress=target.suffix.lower() == '.laz')
-    return target

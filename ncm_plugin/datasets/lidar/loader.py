@@ -23,7 +23,7 @@ from open3d._ml3d.utils import DATASET
 
 from ..splits import SPLITS, split_list
 from .convert import conversion_folder, convert_tiles, output_paths
-from .las import COLOUR, labels_to_codes, write_classified
+from .las import COLOUR, class_table, labels_to_codes
 from .settings import LidarSettings
 
 log = logging.getLogger(__name__)
@@ -167,25 +167,38 @@ class LASDataset(BaseDataset):
         return self.result_path(attr).exists()
 
     def save_test_result(self, results, attr):
-        """The classified copy of a test tile: every original point and
-        field, the prediction of its grid cell as ASPRS code, and the
-        probability of that prediction (`probability` extra bytes)."""
+        """The classified copy of a test tile, as `ncm-predict` writes it
+        (inference/las_output.py): every original point and field,
+        Classification untouched, PredictedClassification, entropy and one
+        probability per class, each point taking its grid cell's. Returns
+        the [C, C] confusion matrix (rows: label, columns: prediction) over
+        the tile's original points whose code the class map knows."""
+        from ...inference.las_output import write_predictions
         name, source = attr['name'], Path(attr['path'])
-        scores = np.asarray(results['predict_scores'], dtype=np.float32)
-        labels = np.asarray(results['predict_labels']) + 1  # class -> label
+        probabilities = np.asarray(results['predict_scores'], dtype=np.float32)
         cells = self.meta[name]['points']
-        if len(labels) != cells or len(scores) != cells:
-            raise ValueError(f"{len(labels)} predictions for the {cells} grid "
-                             f"cells of {source}")
-        # The stock test loop averages softmax outputs with weights that do
-        # not sum to one: the probability is the predicted class's share.
-        probability = scores.max(axis=1) / np.maximum(scores.sum(axis=1),
-                                                       1e-12)
-        proj = np.load(output_paths(self.folder, name)['proj'])
-        codes = labels_to_codes(labels, self.settings.class_map)
-        path = write_classified(source, self.result_path(attr), codes[proj],
-                                probability[proj])
-        log.info('Saved %s (%d points classified)', path, len(proj))
+        if len(probabilities) != cells:
+            raise ValueError(f"{len(probabilities)} predictions for the {cells} "
+                             f"grid cells of {source}")
+        # Rows summing to one: the engine's means do.
+        probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True),
+                                    1e-12)
+        proj = np.load(output_paths(self.folder, name)['proj'], mmap_mode='r')
+        classes = self.settings.num_classes
+        codes = labels_to_codes(np.arange(1, classes + 1),
+                                self.settings.class_map)
+        target = self.result_path(attr)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        report = write_predictions(source, target, proj, probabilities, codes,
+                                   list(self.settings.class_names))
+        log.info('Saved %s (%d points classified)', target, report['points'])
+        label_of = class_table(self.settings.class_map)
+        confusion = np.zeros((classes, classes), dtype=np.int64)
+        for (code, predicted), count in report['confusion'].items():
+            truth = label_of[int(code)]
+            if truth > 0:
+                confusion[truth - 1, label_of[int(predicted)] - 1] += count
+        return confusion
 
 
 class LASDatasetSplit(BaseDatasetSplit):

@@ -1,0 +1,124 @@
+"""One cloud that is not a LAS/LAZ tile (inference/clouds.py: a PLY, a
+ScanNet mesh, an S3DIS room, a Semantic3D scan, an array) through a trained
+KPConv model, every original point labelled (inference/cloud_output.py).
+
+The model gets what its dataset gave it in training. The indoor dataset
+classes (COLOUR_DATASETS) give 'feat' = r g b in 0..255, float32, and
+KPConv's batcher reads 'feat' when in_features_dim is 3 (height and the
+first feature), 5 (height and r g b) or 6 and more (x y z and r g b): such
+a model needs the cloud's colour, and a cloud without it is a CloudError
+naming the file; for in_features_dim 1, 2 and 4 the colour is not model
+input and is left out. The cloud goes through the model's own `preprocess`
+(its grid), then the whole-cloud covering of engine.py; each original point
+takes the scores of its preprocessed point (`proj_inds`).
+
+Predicted labels are dataset labels: class c of the model is the c-th of
+lbl_values that is not in ignored_label_inds (Open3D-ML's convention; e.g.
+ScanNet20 and Semantic3D predict 1..K, S3DIS 0..12).
+"""
+import logging
+
+import numpy as np
+
+from .cloud_output import write_predictions
+from .clouds import CloudError, read_cloud
+from .engine import predict_cloud
+
+log = logging.getLogger(__name__)
+
+# Dataset classes whose 'feat' is r g b 0..255 (S3DIS, ScanNet, Semantic3D,
+# stock and ours).
+COLOUR_DATASETS = ('S3DIS', 'RobustS3DIS', 'Scannet', 'ScanNet20',
+                   'Semantic3D', 'RobustSemantic3D')
+
+
+def dataset_class(trained):
+    """The dataset class the model was trained on: the checkpoint's
+    input_settings, else its config (checkpoints that recorded none)."""
+    return (trained.input_settings.get('dataset_class') or
+            trained.config['dataset'].get('name'))
+
+
+def uses_colour(trained):
+    """Whether the model reads colour; a model of a dataset class outside
+    COLOUR_DATASETS is a ValueError (its features are not colour)."""
+    name = dataset_class(trained)
+    if name not in COLOUR_DATASETS:
+        raise ValueError(f"{trained.path}: a model trained on {name}, not on "
+                         f"{', '.join(COLOUR_DATASETS)}: its input is not "
+                         f"read from PLY, text or array clouds")
+    dim = int(trained.model.cfg.in_features_dim)
+    return dim == 3 or dim >= 5
+
+
+def label_values(settings, num_classes):
+    """[C] int32 dataset label of each model class: lbl_values (else the
+    sorted label_to_names keys, else 0..C-1) without ignored_label_inds."""
+    names = settings.get('label_to_names') or {}
+    values = settings.get('lbl_values') or sorted(int(k) for k in names) \
+        or list(range(num_classes))
+    ignored = set(settings.get('ignored_label_inds') or [])
+    kept = [int(v) for v in values if v not in ignored]
+    if len(kept) != num_classes:
+        raise ValueError(f"lbl_values {list(values)} without the ignored "
+                         f"{sorted(ignored)} give {len(kept)} labels for a "
+                         f"model of {num_classes} classes")
+    return np.array(kept, dtype=np.int32)
+
+
+def confusion_of(labels, predicted, ignored=()):
+    """{(label in the file, predicted label): points} over the points whose
+    label is not ignored (the LAS path's form, for predict.log_confusion)."""
+    keep = ~np.isin(labels, list(ignored))
+    pairs, counts = np.unique(np.stack([labels[keep], predicted[keep]],
+                                       axis=1), axis=0, return_counts=True)
+    return {(int(a), int(b)): int(c) for (a, b), c in zip(pairs, counts)}
+
+
+def cloud_provenance(trained, votes, seed):
+    """What classify_cloud stores in its output (compare with
+    cloud_output.read_provenance to skip a finished output)."""
+    return trained.provenance(votes=votes, seed=seed)
+
+
+def classify_cloud(trained, source, target, votes=1, seed=0, device='cpu',
+                   progress=None):
+    """Write the classified copy of `source` (a file or an S3DIS room
+    folder) at `target` (cloud_output.output_name gives its name); returns
+    {'points', 'model_points', 'spheres', 'votes', 'kind'} and, when the
+    input has labels, 'confusion' {(label, predicted label): points} over
+    its labelled (not ignored) points."""
+    needs_colour = uses_colour(trained)
+    cloud = read_cloud(source)
+    model = trained.model
+    if needs_colour and cloud.colour is None:
+        raise CloudError(
+            f"{source}: no colour (red, green, blue), which the model was "
+            f"trained with ({dataset_class(trained)} colour, in_features_dim "
+            f"{model.cfg.in_features_dim})")
+    n = len(cloud.points)
+    data = model.preprocess(
+        {'point': cloud.points,
+         'feat': cloud.colour if needs_colour else None,
+         'label': np.zeros(n, dtype=np.int32)}, {'split': 'test'})
+    scores = predict_cloud(model, data, votes=votes, seed=seed, device=device,
+                           progress=progress)
+    probabilities = scores.probabilities[
+        np.asarray(data['proj_inds']).reshape(-1)]
+    settings = trained.input_settings
+    values = label_values(settings, probabilities.shape[1])
+    predicted = values[probabilities.argmax(axis=1)]
+    names = trained.class_names
+    if len(names) != len(values):  # a checkpoint without label_to_names
+        names = [str(v) for v in values]
+    write_predictions(cloud, target, predicted, probabilities, names,
+                      provenance=cloud_provenance(trained, votes, seed))
+    log.info("%s: %d points (%d on the model's grid), %d spheres x %d "
+             "vote(s) -> %s", source, n, len(data['point']), scores.spheres,
+             votes, target)
+    report = {'points': n, 'model_points': int(len(data['point'])),
+              'spheres': scores.spheres, 'votes': votes, 'kind': cloud.kind}
+    if cloud.labels is not None:
+        report['confusion'] = confusion_of(
+            cloud.labels, predicted, settings.get('ignored_label_inds') or ())
+    return report

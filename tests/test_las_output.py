@@ -12,7 +12,8 @@ from laspy.vlrs.known import WktCoordinateSystemVlr
 from laspy.vlrs.vlrlist import VLRList
 
 from ncm_plugin.datasets.lidar.las import LasError
-from ncm_plugin.inference.las_output import read_provenance, write_predictions
+from ncm_plugin.datasets.lidar.las_output import (read_provenance,
+                                                  write_predictions)
 
 TILE = Path(__file__).parent / 'data' / 'ign_lidarhd' / \
     'test_data_77050_627760_LA93_IGN69.laz'

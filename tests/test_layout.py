@@ -11,7 +11,7 @@ LAYERS = (
     ('config',),
     ('ncm', 'losses', 'models', 'scene_target', 'datasets'),
     ('evaluation',),
-    ('training',),
+    ('training', 'inference'),
     ('tools',),
 )
 

@@ -126,8 +126,9 @@ def classify_tile(trained, source, target, votes=1, seed=0, device='cpu',
     writer's report (points, confusion against the file's classes, ...)
     with the figures of the covering. neighbours: paths of other tiles whose
     points within `buffer` metres are context (used, not written).
-    provenance: stored in the output (see las_output.read_provenance)."""
-    from .las_output import write_predictions
+    provenance: stored in the output (datasets/lidar/las_output.py's
+    read_provenance reads it back)."""
+    from ..datasets.lidar.las_output import write_predictions
     from .trained import class_codes
     settings = trained.input_settings['dataset']
     model = trained.model

@@ -74,7 +74,7 @@ def build(model_cfg, seed):
     import ncm_plugin  # noqa: F401  (fills the registries)
     from open3d._ml3d.utils import get_module
 
-    from ..tools.runner import build_model
+    from ..models.build import build_model
     Model = get_module('model', model_cfg['name'], 'torch')
     return build_model(Model, model_cfg, seed)
 

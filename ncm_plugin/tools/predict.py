@@ -13,9 +13,9 @@ VALUE`) still win. Each input gets a copy in --out with every point and
 dimension of the original, `Classification` untouched (unless
 --write-classification) and new extra-bytes dimensions
 `PredictedClassification`, `entropy` and one probability per class
-(inference/las_output.py). Outputs are written atomically; an output made by
-the same checkpoint and settings is skipped (so an interrupted run goes on
-where it stopped), any other is replaced. Under torchrun, with --shard I/N
+(datasets/lidar/las_output.py). Outputs are written atomically; an output
+made by the same checkpoint and settings is skipped (so an interrupted run
+goes on where it stopped), any other is replaced. Under torchrun, with --shard I/N
 or in a SLURM array job, each process takes every N-th file (sorted by
 path). A file that cannot be used is named with the reason, the others are
 still classified, and the exit status is 1.
@@ -182,7 +182,7 @@ def run(args, overrides):
     from ..inference import cloud_output
     from ..inference.clouds import CloudError
     from ..inference.indoor import classify_cloud, cloud_provenance, uses_colour
-    from ..inference.las_output import read_provenance
+    from ..datasets.lidar.las_output import read_provenance
     from ..inference.lidar import KEEP_CODES, classify_tile
     from ..inference.trained import load_trained
     from ..training.devices import require_device
@@ -241,7 +241,8 @@ def run(args, overrides):
             log.info("%s exists from another checkpoint or other settings: "
                      "replacing it", target)
         try:
-            with tqdm(desc=source.name, unit='pt', unit_scale=True) as bar:
+            # Counts points x the spheres that hold them.
+            with tqdm(desc=source.name, unit='pass', unit_scale=True) as bar:
                 if lidar_model:
                     report = classify_tile(
                         trained, source, target, votes=args.votes,

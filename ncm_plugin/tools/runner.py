@@ -20,20 +20,17 @@ a checkpoint and exits with 128 + the signal number; running the same
 command again resumes it.
 """
 import argparse
-import contextlib
-import fcntl
 import logging
 import os
 import pprint
-import random
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from ..config import SECTIONS, apply_overrides, load_config, resolve_config
+from ..models.build import build_model, seed_generators
 from ..training.distributed import RankZeroFailed
 from ..training.totals import NonFiniteLoss
 from ..training.watchdog import WorkerDied
@@ -128,50 +125,6 @@ def prepare_demo_data(dataset_cfg):
     kind = options.pop('kind')
     log.info("Writing synthetic %s data to %s", kind, path)
     write_demo(kind, path, **options)
-
-
-@contextlib.contextmanager
-def one_process_at_a_time(lock_path):
-    """Hold an exclusive lock on `lock_path` in the block. KPConv writes its
-    kernel dispositions to ./kernels/ when it builds a model, not atomically:
-    torchrun's ranks, starting together in one folder, take turns."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, 'a') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def seed_generators(seed):
-    """torch's, numpy's and random's global generators: the model's initial
-    weights (torch) and KPConv's kernel points (numpy) come from them."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def build_model(Model, model_cfg, seed):
-    """The model, the same whether ./kernels/ already holds KPConv's kernel
-    dispositions or not.
-
-    KPConv loads each disposition from ./kernels/dispositions/, generating
-    and saving it first when missing, then turns it by a random rotation:
-    generating draws from numpy's generator, so a first run in a folder
-    would get other kernel points than later runs, and under torchrun the
-    rank that generated them others than the ranks that loaded them. So
-    when the first build generated a file, the generators are seeded again
-    and the model built again, from the files."""
-    folder = Path('kernels') / 'dispositions'
-    with one_process_at_a_time(Path('kernels') / '.lock'):
-        before = set(folder.glob('*')) if folder.is_dir() else set()
-        seed_generators(seed)
-        model = Model(**model_cfg, seed=np.random.default_rng(seed))
-        if set(folder.glob('*')) - before:
-            seed_generators(seed)
-            model = Model(**model_cfg, seed=np.random.default_rng(seed))
-    return model
 
 
 def build(cfg, seed=0):

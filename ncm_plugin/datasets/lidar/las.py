@@ -1,7 +1,7 @@
 """LAS/LAZ tiles of airborne LiDAR: reading points, features and ASPRS
 classes with laspy (streamed in chunks: a 1 km tile holds tens of millions
 of points) and mapping the classes to a model's labels (the classified
-copies are written by inference/las_output.py).
+copies are written by las_output.py).
 
 Coordinates come back in float64 and are recentred on the tile's own
 reference point (its header's minimum, rounded down to a metre): the

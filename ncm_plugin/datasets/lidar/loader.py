@@ -168,12 +168,12 @@ class LASDataset(BaseDataset):
 
     def save_test_result(self, results, attr):
         """The classified copy of a test tile, as `ncm-predict` writes it
-        (inference/las_output.py): every original point and field,
+        (las_output.py): every original point and field,
         Classification untouched, PredictedClassification, entropy and one
         probability per class, each point taking its grid cell's. Returns
         the [C, C] confusion matrix (rows: label, columns: prediction) over
         the tile's original points whose code the class map knows."""
-        from ...inference.las_output import write_predictions
+        from .las_output import write_predictions
         name, source = attr['name'], Path(attr['path'])
         probabilities = np.asarray(results['predict_scores'], dtype=np.float32)
         cells = self.meta[name]['points']

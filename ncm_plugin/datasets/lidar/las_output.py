@@ -41,8 +41,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..datasets.atomic import atomic_path
-from ..datasets.lidar.las import CHUNK_POINTS, LasError
+from ..atomic import atomic_path
+from .las import CHUNK_POINTS, LasError
 
 log = logging.getLogger(__name__)
 

@@ -234,10 +234,18 @@ def cooccurrence_from_matrix(scores, adjacency, lengths):
 
     scores [N, C], adjacency [N, N + K] sparse, lengths [B] -> [B, C, C].
     """
+    # neighbor_sum[i] = sum_{j in N(i)} s_j.
+    return cooccurrence_from_sums(scores, sparse_product(adjacency, scores),
+                                  lengths)
+
+
+def cooccurrence_from_sums(scores, neighbor_sum, lengths):
+    """NCM of every cloud from each point's sum of its neighbors' scores.
+
+    scores [N, C], neighbor_sum [N, C], lengths [B] -> [B, C, C].
+    """
     num_points, num_classes = scores.shape
     num_clouds = lengths.shape[0]
-    # neighbor_sum[i] = sum_{j in N(i)} s_j.
-    neighbor_sum = sparse_product(adjacency, scores)
     # S_b = s_b^T @ neighbor_sum_b for every cloud b at once: each point's
     # scores go to the column block of its cloud ([N, B, C]), and one product
     # with neighbor_sum gives every S_b (no per-cloud split, which would need

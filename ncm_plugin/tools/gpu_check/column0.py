@@ -6,7 +6,7 @@ training. Same signatures as ncm.py's functions of the same names.
 """
 import torch
 
-from ...ncm import counted_slots
+from ...ncm import cooccurrence_from_sums, counted_slots
 
 
 def neighbor_matrix(neighbors, lengths, valid=None, dtype=torch.float32):
@@ -68,18 +68,7 @@ def sparse_product(matrix, dense):
 
 
 def cooccurrence_from_matrix(scores, adjacency, lengths):
-    """scores [N, C], adjacency [N, N] sparse, lengths [B] -> [B, C, C]."""
-    num_points, num_classes = scores.shape
-    num_clouds = lengths.shape[0]
-    neighbor_sum = sparse_product(adjacency, scores)
-    cloud = torch.repeat_interleave(
-        torch.arange(num_clouds, device=scores.device),
-        lengths.to(scores.device).long(), output_size=num_points)
-    blocks = scores.new_zeros((num_points, num_clouds, num_classes))
-    blocks = blocks.index_put(
-        (torch.arange(num_points, device=scores.device), cloud), scores)
-    counts = (blocks.reshape(num_points, -1).T @ neighbor_sum).reshape(
-        num_clouds, num_classes, num_classes)
-    total = counts.sum(dim=(1, 2), keepdim=True)
-    return torch.where(total > 0, counts / total.clamp_min(1e-30),
-                       torch.zeros_like(counts))
+    """scores [N, C], adjacency [N, N] sparse, lengths [B] -> [B, C, C]
+    (the counting itself is ncm.py's)."""
+    return cooccurrence_from_sums(scores, sparse_product(adjacency, scores),
+                                  lengths)

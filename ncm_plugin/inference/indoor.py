@@ -51,21 +51,6 @@ def uses_colour(trained):
     return dim == 3 or dim >= 5
 
 
-def label_values(settings, num_classes):
-    """[C] int32 dataset label of each model class: lbl_values (else the
-    sorted label_to_names keys, else 0..C-1) without ignored_label_inds."""
-    names = settings.get('label_to_names') or {}
-    values = settings.get('lbl_values') or sorted(int(k) for k in names) \
-        or list(range(num_classes))
-    ignored = set(settings.get('ignored_label_inds') or [])
-    kept = [int(v) for v in values if v not in ignored]
-    if len(kept) != num_classes:
-        raise ValueError(f"lbl_values {list(values)} without the ignored "
-                         f"{sorted(ignored)} give {len(kept)} labels for a "
-                         f"model of {num_classes} classes")
-    return np.array(kept, dtype=np.int32)
-
-
 def confusion_of(labels, predicted, ignored=()):
     """{(label in the file, predicted label): points} over the points whose
     label is not ignored (the LAS path's form, for predict.log_confusion)."""
@@ -105,13 +90,14 @@ def classify_cloud(trained, source, target, votes=1, seed=0, device='cpu',
                            progress=progress)
     probabilities = scores.probabilities[
         np.asarray(data['proj_inds']).reshape(-1)]
-    settings = trained.input_settings
-    values = label_values(settings, probabilities.shape[1])
+    values = trained.label_values
+    if len(values) != probabilities.shape[1]:
+        raise ValueError(f"{trained.path}: {len(values)} labels (without the "
+                         f"ignored ones) for a model of "
+                         f"{probabilities.shape[1]} classes")
     predicted = values[probabilities.argmax(axis=1)]
-    names = trained.class_names
-    if len(names) != len(values):  # a checkpoint without label_to_names
-        names = [str(v) for v in values]
-    write_predictions(cloud, target, predicted, probabilities, names,
+    write_predictions(cloud, target, predicted, probabilities,
+                      trained.class_names,
                       provenance=cloud_provenance(trained, votes, seed))
     log.info("%s: %d points (%d on the model's grid), %d spheres x %d "
              "vote(s) -> %s", source, n, len(data['point']), scores.spheres,
@@ -120,5 +106,6 @@ def classify_cloud(trained, source, target, votes=1, seed=0, device='cpu',
               'spheres': scores.spheres, 'votes': votes, 'kind': cloud.kind}
     if cloud.labels is not None:
         report['confusion'] = confusion_of(
-            cloud.labels, predicted, settings.get('ignored_label_inds') or ())
+            cloud.labels, predicted, trained.input_settings.get(
+                'ignored_label_inds') or ())
     return report

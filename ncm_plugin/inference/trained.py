@@ -26,13 +26,38 @@ class TrainedModel(NamedTuple):
     path: Path
 
     @property
+    def label_values(self):
+        """[C] dataset label of each model class, as the test split's
+        recorder maps them (evaluation/results.py: the recorded
+        label_to_names without the ignored labels; lbl_values without them
+        for a checkpoint that recorded no names)."""
+        from ..evaluation.results import label_values
+        names = self._label_to_names()
+        if names:
+            return label_values(names, self._ignored())
+        values = self.input_settings.get('lbl_values') or \
+            self.config['model'].get('lbl_values') or []
+        return np.array([v for v in values if v not in self._ignored()],
+                        dtype=np.int64)
+
+    @property
     def class_names(self):
+        """[C] names of the model's classes (their label values as text
+        when the checkpoint recorded no names)."""
+        from ..evaluation.results import class_names
+        names = self._label_to_names()
+        if names:
+            return class_names(names, self._ignored())
+        return [str(v) for v in self.label_values]
+
+    def _label_to_names(self):
+        """{label: name} as recorded (its keys are text in the checkpoint)."""
         names = self.input_settings.get('label_to_names') or {}
-        ignored = set(self.input_settings.get('ignored_label_inds') or [])
-        values = self.input_settings.get('lbl_values') or sorted(
-            int(k) for k in names)
-        return [names.get(str(v), names.get(v, str(v))) for v in values
-                if v not in ignored]
+        return {int(label): name for label, name in names.items()}
+
+    def _ignored(self):
+        return set(self.input_settings.get('ignored_label_inds') or
+                   self.config['model'].get('ignored_label_inds') or [])
 
     def provenance(self, **settings):
         """What makes an output this model's (stored with it): the

@@ -136,14 +136,17 @@ def test_two_inputs_of_one_output_name_are_refused(tmp_path):
 def test_a_buffer_adds_the_neighbours_points_as_context(checkpoint, tmp_path):
     """--buffer: points of the adjacent tile within the buffer enter the
     grid (context), none of them is written."""
-    from ncm_plugin.inference.lidar import classify_tile
+    from ncm_plugin.inference.lidar import classify_tile, context_tiles
     from ncm_plugin.inference.trained import load_trained
     trained = load_trained(checkpoint)
     source, neighbour = (TILES / f'{NEW}.laz',
                          TILES / 'test_data_77060_627760_LA93_IGN69.laz')
     alone = classify_tile(trained, source, tmp_path / 'alone.laz')
     context = classify_tile(trained, source, tmp_path / 'context.laz',
-                            neighbours=[neighbour], buffer=5.0)
+                            neighbours=context_tiles(
+                                [source, neighbour],
+                                trained.input_settings['dataset']),
+                            buffer=5.0)
     assert context['grid_cells'] > alone['grid_cells']
     written = laspy.read(tmp_path / 'context.laz')
     assert len(written.points) == len(laspy.read(source).points)

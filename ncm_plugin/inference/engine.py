@@ -146,13 +146,17 @@ def predict_cloud(model, data, votes=1, seed=0, device='cpu', progress=None,
     votes = list(range(votes) if vote_indices is None else vote_indices)
     seconds = dict.fromkeys(('spheres', 'forward', 'scores'), 0.0)
     clock = time.perf_counter
+    transforms = {vote: vote_transform(cfg, vote, seed) for vote in votes}
     with torch.no_grad(), no_colour_drop(model):
-        for vote in votes:
-            R, scale = vote_transform(cfg, vote, seed)
-            for group in groups:
+        # Each batch's spheres searched once, for every vote.
+        for group in groups:
+            searched = clock()
+            spheres = keep[group]
+            members = tree.query_radius(centres[spheres], r=radius)
+            seconds['spheres'] += clock() - searched
+            for vote in votes:
+                R, scale = transforms[vote]
                 start = clock()
-                spheres = keep[group]
-                members = tree.query_radius(centres[spheres], r=radius)
                 items, held = [], []
                 for sphere, indices in zip(spheres, members):
                     item, points_held = sphere_item(
@@ -175,7 +179,8 @@ def predict_cloud(model, data, votes=1, seed=0, device='cpu', progress=None,
                 logits = model(batch)
                 probabilities = torch.softmax(logits.float(), dim=1).cpu()
                 done = clock()
-                index = torch.from_numpy(np.concatenate(held).astype(np.int64))
+                index = torch.from_numpy(
+                    np.concatenate(held).astype(np.int64))
                 sums.index_add_(0, index, probabilities.double())
                 passes.index_add_(0, index, torch.ones_like(index))
                 seconds['spheres'] += ready - start

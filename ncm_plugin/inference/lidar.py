@@ -54,6 +54,19 @@ def model_input(chunk, keep_codes):
     return mask
 
 
+def context_tiles(paths, settings):
+    """TileReaders (headers read, no point) of the tiles that may lend
+    context to others (--buffer), opened once for a run; a tile that cannot
+    be opened lends none (its own turn names it)."""
+    readers = []
+    for path in paths:
+        try:
+            readers.append(open_tile(path, settings))
+        except (LasError, FileNotFoundError):
+            continue
+    return readers
+
+
 def add_context(grid, reader, neighbours, buffer, keep_codes, chunk_points):
     """Add to `grid` the model-input points of the `neighbours` (TileReaders
     of other tiles) within `buffer` metres of `reader`'s tile: context for
@@ -66,14 +79,18 @@ def add_context(grid, reader, neighbours, buffer, keep_codes, chunk_points):
                 np.any(np.asarray(other.header.maxs) < low):
             continue
         shift = other.origin - reader.origin
-        for chunk in other.chunks(chunk_points):
-            absolute = chunk.points + other.origin
-            inside = model_input(chunk, keep_codes) & np.all(
-                (absolute >= low) & (absolute <= high), axis=1)
-            if inside.any():
-                grid.add(np.c_[chunk.points[inside] + shift,
-                               chunk.features[inside]])
-                added += int(inside.sum())
+        try:
+            for chunk in other.chunks(chunk_points):
+                absolute = chunk.points + other.origin
+                inside = model_input(chunk, keep_codes) & np.all(
+                    (absolute >= low) & (absolute <= high), axis=1)
+                if inside.any():
+                    grid.add(np.c_[chunk.points[inside] + shift,
+                                   chunk.features[inside]])
+                    added += int(inside.sum())
+        except LasError as error:  # its own turn fails and says so
+            log.warning("%s: context from %s cut short (%s)",
+                        reader.path.name, other.path.name, error)
     return added
 
 
@@ -124,8 +141,9 @@ def classify_tile(trained, source, target, votes=1, seed=0, device='cpu',
                   work_dir=None, neighbours=(), buffer=0.0, provenance=None):
     """Write the classified copy of `source` at `target`; returns the
     writer's report (points, confusion against the file's classes, ...)
-    with the figures of the covering. neighbours: paths of other tiles whose
-    points within `buffer` metres are context (used, not written).
+    with the figures of the covering. neighbours: `context_tiles` of the
+    run, whose points within `buffer` metres of the tile are context (used,
+    not written).
     provenance: stored in the output (datasets/lidar/las_output.py's
     read_provenance reads it back)."""
     from ..datasets.lidar.las_output import write_predictions
@@ -137,8 +155,8 @@ def classify_tile(trained, source, target, votes=1, seed=0, device='cpu',
     started = clock()
     with tempfile.TemporaryDirectory(dir=work_dir,
                                      prefix='ncm_predict_') as folder:
-        others = [open_tile(path, settings) for path in neighbours
-                  if buffer > 0 and Path(path) != Path(source)]
+        others = [other for other in neighbours if buffer > 0 and
+                  other.path.resolve() != Path(source).resolve()]
         grid, cells = tile_cells(reader, float(settings['grid_size']),
                                  keep_codes, folder, chunk_points, others,
                                  buffer)

@@ -183,7 +183,7 @@ def run(args, overrides):
     from ..inference.clouds import CloudError
     from ..inference.indoor import classify_cloud, cloud_provenance, uses_colour
     from ..datasets.lidar.las_output import read_provenance
-    from ..inference.lidar import KEEP_CODES, classify_tile
+    from ..inference.lidar import KEEP_CODES, classify_tile, context_tiles
     from ..inference.trained import load_trained
     from ..training.devices import require_device
     if args.votes < 1:
@@ -192,7 +192,7 @@ def run(args, overrides):
         raise ValueError(f"--buffer must be >= 0 metres, got {args.buffer}")
     device = process_device(require_device(args.device))
     every = expand_inputs(args.inputs)
-    jobs = plan(args.inputs, args.out, shard_of(args.shard))
+    jobs = plan(every, args.out, shard_of(args.shard))
     config = (load_config(resolve_config(args.cfg_file)) if args.cfg_file
               else None)
     if not Path(args.ckpt).is_file():
@@ -213,6 +213,10 @@ def run(args, overrides):
                    buffer=args.buffer,
                    write_classification=args.write_classification,
                    probabilities=args.probabilities)
+    # Every tile's header once, for the others' --buffer.
+    context = (context_tiles([p for p in every if is_las(p)],
+                             trained.input_settings['dataset'])
+               if lidar_model and args.buffer > 0 else [])
     provenance = (trained.provenance(**options) if lidar_model else
                   cloud_provenance(trained, args.votes, args.seed))
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -250,7 +254,7 @@ def run(args, overrides):
                         write_classification=args.write_classification,
                         probabilities=args.probabilities,
                         chunk_points=args.chunk_points, progress=bar,
-                        neighbours=[Path(p) for p in every if is_las(p)],
+                        neighbours=context,
                         buffer=args.buffer, provenance=provenance)
                 else:
                     report = classify_cloud(

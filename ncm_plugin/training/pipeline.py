@@ -241,6 +241,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         self.shared_seed = distributed.rank_seed(run_seed, 0)
         self.watchdog = Watchdog(self.options.step_timeout)
         self.epoch_timings = []
+        # {(phase, epoch): steps whose batch held no labelled point}
+        self.unlabelled_steps = {}
         self.step_hook = StepHook()
 
     # -- dispatch on the class, not the name ------------------------------
@@ -471,7 +473,6 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             log.info("%s of epoch %d: %d step(s) without a labelled point "
                      "(unlabelled_steps; zero loss, left out of the means)",
                      totals.phase.capitalize(), totals.epoch, count)
-        self.unlabelled_steps = getattr(self, 'unlabelled_steps', {})
         self.unlabelled_steps[(totals.phase, totals.epoch)] = count
 
     def _reduce_metric(self, metric, stage):

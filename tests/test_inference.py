@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, tiny_scene
-from ncm_plugin.inference.engine import predict_cloud, vote_transform
+from ncm_plugin.inference.engine import predict_cloud
+from ncm_plugin.inference.votes import vote_transform
 from ncm_plugin.inference.layout import batches_of, sphere_centres
 from ncm_plugin.models import NCMKPFCNN
 
@@ -80,3 +81,20 @@ def test_votes_average_the_passes_of_each_vote(model_and_cloud):
         (first.passes + second.passes)[:, None]
     np.testing.assert_allclose(both.probabilities, expected, atol=1e-5)
     assert not np.allclose(first.probabilities, second.probabilities)
+
+
+def test_batches_of_at_most_count_spheres():
+    assert batches_of([5, 3, 1, 1, 1], 10, count=2) == [[0, 1], [2, 3], [4]]
+
+
+def test_worker_built_batches_give_the_same_scores_bit_for_bit(
+        model_and_cloud):
+    """The same batches (of two spheres) built here or by a worker. (Other
+    batch sizes move the scores by ~1e-4: KPConv pads its pooling lists to
+    the batch's longest row with a zero feature, which enters the max.)"""
+    model, data = model_and_cloud
+    here = predict_cloud(model, data, votes=2, seed=1, batch_size=2)
+    workers = predict_cloud(model, data, votes=2, seed=1, batch_size=2,
+                            num_workers=1)
+    np.testing.assert_array_equal(here.passes, workers.passes)
+    np.testing.assert_array_equal(here.probabilities, workers.probabilities)

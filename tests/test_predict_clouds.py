@@ -160,7 +160,7 @@ def test_ply_labels_are_the_argmax_of_the_engines_scores_in_file_order(
 
 def test_an_output_records_the_checkpoint_and_settings(trained, ply_output,
                                                        room_output):
-    expected = trained[0].provenance(votes=1, seed=0)
+    expected = trained[0].provenance(votes=1, seed=0, batch_size=None)
     assert read_provenance(ply_output) == expected
     assert read_provenance(room_output[1]) == expected
 

@@ -1,16 +1,13 @@
-"""A KPConv model applied to a whole preprocessed cloud: planned spheres
-(layout.py), batched, scores averaged over every pass that saw a point,
-votes with seeded geometric augmentations.
+"""A trained model applied to a whole preprocessed cloud: the backbone's
+covering (spheres.py for KPConv, crops.py for RandLA-Net, scenes.py for the
+whole-scene backbones) cut into jobs, each job built into batches (in the
+main process, or in DataLoader workers while the model runs), scores
+averaged over every pass that saw a point, votes with seeded geometric
+transforms (votes.py).
 
-Vote 0 is the identity; vote v > 0 turns, scales and flips every sphere by
-`vote_transform(cfg, v, seed)` (the config's augment_rotation, scale range
-and symmetries; no noise, no colour drop), so that a vote can be recomputed
-alone. A point's scores are the mean softmax over all (vote, sphere) passes
-that held it; a point no sphere held (one beyond a sphere's point limit,
-or in a sphere of fewer than min_in_points points) takes the scores of the
-nearest point that was held.
+A point's scores are the mean softmax over all (vote, pass) that held it; a
+point no pass held takes the scores of the nearest point that was held.
 """
-import contextlib
 import logging
 import time
 from typing import NamedTuple
@@ -18,173 +15,137 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..training.batcher import NCMConcatBatcher, move_batch
-from ..training.samplers import seeded, sphere_seed
-from .layout import batches_of, sphere_centres
+from ..training.batcher import move_batch
 
 log = logging.getLogger(__name__)
 
 
 class CloudScores(NamedTuple):
     """probabilities [M, C] float32 of the preprocessed points; passes [M]:
-    how many (vote, sphere) passes held each point (0: it took its nearest
-    held point's); spheres: spheres run per vote; seconds: {'spheres'
-    (search, crop, transform, collate), 'forward' (the model and its
-    softmax), 'scores' (accumulation)}."""
+    how many (vote, pass) held each point (0: it took its nearest held
+    point's); spheres: passes (spheres, crops or scenes) per vote; seconds:
+    {'spheres' (planning, search, crop, transform, collate; with workers:
+    the wait for the next batch), 'forward' (the model and its softmax),
+    'scores' (accumulation)}."""
     probabilities: np.ndarray
     passes: np.ndarray
     spheres: int
     seconds: dict
 
 
-def vote_transform(cfg, vote, seed=0):
-    """(R [3, 3], scale [3]) of vote `vote`: identity for vote 0, else a
-    rotation about the vertical (augment_rotation 'vertical'; 'all' turns
-    about any axis too, 'none' not at all), a scale in [augment_scale_min,
-    augment_scale_max] (per axis with augment_scale_anisotropic) and the
-    flips of augment_symmetries, drawn from a generator seeded by (seed,
-    vote)."""
-    if vote == 0:
-        return np.eye(3, dtype=np.float32), np.ones(3, dtype=np.float32)
-    rng = np.random.default_rng([seed, vote])
-    rotation = cfg.get('augment_rotation', 'vertical')
-    R = np.eye(3)
-    if rotation in ('vertical', 'all'):
-        theta = rng.uniform(0, 2 * np.pi)
-        c, s = np.cos(theta), np.sin(theta)
-        R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-    if rotation == 'all':
-        axis = rng.normal(size=3)
-        axis /= np.linalg.norm(axis)
-        angle = rng.uniform(0, 2 * np.pi)
-        K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]],
-                      [-axis[1], axis[0], 0]])
-        R = (np.eye(3) + np.sin(angle) * K +
-             (1 - np.cos(angle)) * K @ K) @ R
-    low = cfg.get('augment_scale_min', 1.0)
-    high = cfg.get('augment_scale_max', 1.0)
-    size = 3 if cfg.get('augment_scale_anisotropic', False) else 1
-    scale = np.broadcast_to(rng.uniform(low, high, size), (3,)).copy()
-    flips = np.asarray(cfg.get('augment_symmetries', [False] * 3), dtype=bool)
-    scale[flips & (rng.integers(0, 2, 3) == 1)] *= -1
-    return R.astype(np.float32), scale.astype(np.float32)
+def covering_class(model):
+    """The covering a model is applied with: KPConv's spheres, RandLA-Net's
+    crops, or the whole scene (PointTransformer, SparseConvUnet); PVCNN is
+    a ValueError (its ops have no CPU kernel in the CPU wheel, and it has
+    not been run here)."""
+    from open3d._ml3d.torch.models import (KPFCNN, PVCNN, PointTransformer,
+                                           RandLANet, SparseConvUnet)
+    from .crops import CropCovering
+    from .scenes import SceneCovering
+    from .spheres import SphereCovering
+    for kind, covering in ((KPFCNN, SphereCovering), (RandLANet, CropCovering),
+                           ((PointTransformer, SparseConvUnet),
+                            SceneCovering)):
+        if isinstance(model, kind):
+            return covering
+    if isinstance(model, PVCNN):
+        raise ValueError("PVCNN models cannot be applied by ncm-predict: "
+                         "PVCNN's Open3D ops have no CPU kernel in the CPU "
+                         "wheel and it has not been run here")
+    raise ValueError(f"{type(model).__name__}: not a backbone ncm-predict "
+                     f"knows (KPFCNN, RandLANet, PointTransformer, "
+                     f"SparseConvUnet)")
 
 
-class _WholeCrop:
-    """KPFCNN's point sampler for a sphere cropped beforehand: all of it."""
-
-    def __init__(self, centre):
-        self.centre = np.asarray(centre, dtype=np.float32).reshape(1, 3)
-        self.used = False
-
-    def __call__(self, pc=None, **unused):
-        if self.used:
-            raise RuntimeError("the transform asked for a second sphere")
-        self.used = True
-        return pc, np.arange(len(pc)), self.centre
+def default_batch_size(model, pipeline_cfg):
+    """RandLA-Net's crops a batch unless told: the run's test_batch_size
+    (else batch_size, else 1); None for the others (KPConv: up to its
+    batch_limit points; whole scenes: one)."""
+    from open3d._ml3d.torch.models import RandLANet
+    if not isinstance(model, RandLANet):
+        return None
+    pipeline_cfg = pipeline_cfg or {}
+    return int(pipeline_cfg.get('test_batch_size') or
+               pipeline_cfg.get('batch_size') or 1)
 
 
-@contextlib.contextmanager
-def no_colour_drop(model):
-    """KPFCNN's transform zeroes the colour features with probability
-    1 - augment_color even at test time: not while predicting."""
-    settings = model.cfg._cfg_dict
-    saved = settings.get('augment_color')
-    settings['augment_color'] = 1.0
-    try:
-        yield
-    finally:
-        settings['augment_color'] = saved
+class _Jobs(torch.utils.data.Dataset):
+    """A covering's jobs as a dataset: item i is the built batches of job
+    i (for DataLoader workers)."""
+
+    def __init__(self, covering):
+        self.covering = covering
+
+    def __len__(self):
+        return len(self.covering.jobs)
+
+    def __getitem__(self, index):
+        return self.covering.build(self.covering.jobs[index])
 
 
-def sphere_item(model, data, indices, centre, seed):
-    """The transformed item of the sphere `indices` (into data's points)
-    around `centre`, and the points it holds (some are dropped beyond the
-    model's point limit, as in training), seeded."""
-    crop = {'point': data['point'][indices],
-            'feat': None if data['feat'] is None else data['feat'][indices],
-            'label': np.zeros(len(indices), dtype=np.int32),
-            'search_tree': None}
-    if 'ncm_target' in data:  # a scene-target model's transform reads it
-        crop['ncm_target'] = data['ncm_target']
-    model.trans_point_sampler = _WholeCrop(centre)
-    attr = {'split': 'predict', 'name': 'sphere', 'sphere_seed': seed}
-    with seeded(seed):
-        item = model.transform(crop, attr, is_test=True)
-    held = indices[item['r_mask_list'][0]]
-    return {'data': item, 'attr': attr}, held
+def built_jobs(covering, num_workers):
+    """Each job's [(inputs, held)], in job order: built here, or by
+    `num_workers` DataLoader workers (started from the fork server, each
+    with a copy of the cloud and a weightless copy of the model) while the
+    model runs on the previous ones."""
+    if num_workers == 0:
+        return (covering.build(job) for job in covering.jobs)
+    from ..training.samplers import worker_context
+    return iter(torch.utils.data.DataLoader(
+        _Jobs(covering), batch_size=None, shuffle=False,
+        num_workers=num_workers, multiprocessing_context=worker_context(),
+        collate_fn=_as_built))
+
+
+def _as_built(built):
+    return built
 
 
 def predict_cloud(model, data, votes=1, seed=0, device='cpu', progress=None,
-                  vote_indices=None):
-    """CloudScores of a KPFCNN model on a preprocessed cloud (its
-    `preprocess` output: point [M, 3], feat, search_tree).
+                  vote_indices=None, batch_size=None, num_workers=0):
+    """CloudScores of a model on a preprocessed cloud (its `preprocess`
+    output: point [M, 3], feat, search_tree).
 
     votes: the number of coverings (vote_indices: which votes, e.g. [1] to
-    recompute one alone). progress: a tqdm-like object updated with the
-    points of each batch."""
-    cfg = model.cfg
+    recompute one alone). batch_size: at most this many spheres or crops a
+    batch (KPConv: else up to its batch_limit points; RandLA-Net: else 1).
+    num_workers: DataLoader workers building the batches (0: here).
+    progress: a tqdm-like object updated with the points of each batch."""
     device = torch.device(device)
     points = np.asarray(data['point'])
-    num_points, num_classes = len(points), cfg.num_classes
-    radius = cfg.in_radius
-    centres = sphere_centres(points, radius)
-    tree = data['search_tree']
-    # Counted first, searched batch by batch: the members of every sphere
-    # at once would take ~6 indices a point.
-    counts = tree.query_radius(centres, r=radius, count_only=True)
-    min_points = min(cfg.get('min_in_points', 3), cfg.max_in_points)
-    keep = np.flatnonzero(counts >= min_points)
-    limit = min(cfg.batch_limit, cfg.max_in_points)
-    groups = batches_of(np.minimum(counts[keep], limit), int(cfg.batch_limit))
+    num_points, num_classes = len(points), model.cfg.num_classes
+    votes = list(range(votes) if vote_indices is None else vote_indices)
+    clock = time.perf_counter
+    seconds = dict.fromkeys(('spheres', 'forward', 'scores'), 0.0)
+    start = clock()
+    covering = covering_class(model)(model, data, votes, seed, batch_size)
+    seconds['spheres'] += clock() - start
     sums = torch.zeros((num_points, num_classes), dtype=torch.float64)
     passes = torch.zeros(num_points, dtype=torch.int64)
-    # Sorted neighbor lists: the same file gives the same scores, bit for
-    # bit (Open3D's threaded search orders them differently run to run).
-    batcher = NCMConcatBatcher(sort_neighbors=True)
     model.eval()
-    votes = list(range(votes) if vote_indices is None else vote_indices)
-    seconds = dict.fromkeys(('spheres', 'forward', 'scores'), 0.0)
-    clock = time.perf_counter
-    transforms = {vote: vote_transform(cfg, vote, seed) for vote in votes}
-    with torch.no_grad(), no_colour_drop(model):
-        # Each batch's spheres searched once, for every vote.
-        for group in groups:
-            searched = clock()
-            spheres = keep[group]
-            members = tree.query_radius(centres[spheres], r=radius)
-            seconds['spheres'] += clock() - searched
-            for vote in votes:
-                R, scale = transforms[vote]
+    model.device = device  # Open3D-ML's forward passes read it
+    with torch.no_grad():
+        jobs = built_jobs(covering, num_workers)
+        while True:
+            start = clock()
+            built = next(jobs, None)
+            seconds['spheres'] += clock() - start
+            if built is None:
+                break
+            for inputs, held in built:
                 start = clock()
-                items, held = [], []
-                for sphere, indices in zip(spheres, members):
-                    item, points_held = sphere_item(
-                        model, data, indices, centres[sphere],
-                        sphere_seed(seed, vote, int(sphere)))
-                    p = item['data']['p_list'][0]
-                    item['data']['p_list'][0] = ((p @ R.T) * scale).astype(
-                        np.float32)
-                    items.append(item)
-                    held.append(points_held)
-                inputs = batcher.collate_fn(items)
-                batch = inputs['data']
-                if len(batch.lengths[0]) != len(items):
-                    raise RuntimeError(
-                        f"the batcher kept {len(batch.lengths[0])} of "
-                        f"{len(items)} spheres (model.batch_limit "
-                        f"{cfg.batch_limit})")
-                move_batch(batch, device)
-                ready = clock()
-                logits = model(batch)
+                batch = move_batch(inputs['data'], device)
+                logits = model(batch).reshape(-1, num_classes)
                 probabilities = torch.softmax(logits.float(), dim=1).cpu()
                 done = clock()
-                index = torch.from_numpy(
-                    np.concatenate(held).astype(np.int64))
+                index = torch.from_numpy(held)
+                if len(index) != len(probabilities):
+                    raise RuntimeError(
+                        f"{type(model).__name__} gave {len(probabilities)} "
+                        f"rows of scores for a batch of {len(index)} points")
                 sums.index_add_(0, index, probabilities.double())
                 passes.index_add_(0, index, torch.ones_like(index))
-                seconds['spheres'] += ready - start
-                seconds['forward'] += done - ready
+                seconds['forward'] += done - start
                 seconds['scores'] += clock() - done
                 if progress is not None:
                     progress.update(len(index))
@@ -198,7 +159,8 @@ def predict_cloud(model, data, votes=1, seed=0, device='cpu', progress=None,
         log.info("%d of %d points were in no sphere; they take the scores "
                  "of the nearest point that was", int((~seen).sum()),
                  num_points)
-    return CloudScores(probabilities, passes, len(keep), seconds)
+    return CloudScores(probabilities, passes, covering.passes_per_vote,
+                       seconds)
 
 
 def nearest_held(points, seen):
@@ -209,3 +171,18 @@ def nearest_held(points, seen):
         raise ValueError("no sphere held any point of the cloud")
     tree = KDTree(points[seen])
     return tree.query(points[~seen], k=1, return_distance=False)[:, 0]
+
+
+def projection(data, num_points, source):
+    """[num_points] rows of the preprocessed cloud that carry each original
+    point's scores: the model's `proj_inds`, or every point itself for a
+    preprocess that keeps them all in order (SparseConvUnet's); a
+    preprocess that dropped points without saying which is a ValueError
+    naming `source`."""
+    if 'proj_inds' in data:
+        return np.asarray(data['proj_inds']).reshape(-1)
+    if num_points is None or len(data['point']) == num_points:
+        return np.arange(num_points)
+    raise ValueError(f"{source}: the model's preprocess kept "
+                     f"{len(data['point'])} of {num_points} points (outside "
+                     f"its grid) without saying which")

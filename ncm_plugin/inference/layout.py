@@ -37,13 +37,16 @@ def sphere_centres(points, radius):
     return sums / counts[:, None]
 
 
-def batches_of(sizes, limit):
+def batches_of(sizes, limit, count=None):
     """Consecutive groups of sphere indices whose sizes sum to at most
-    `limit` (one sphere alone when it is larger): the batches of a
-    covering, which KPConv's batcher would otherwise cut short."""
+    `limit` (one sphere alone when it is larger) and, with `count`, of at
+    most `count` spheres: the batches of a covering, which KPConv's batcher
+    would otherwise cut short."""
+    if count is not None and count < 1:
+        raise ValueError(f"a batch holds at least one sphere, got {count}")
     groups, current, total = [], [], 0
     for index, size in enumerate(sizes):
-        if current and total + size > limit:
+        if current and (total + size > limit or len(current) == count):
             groups.append(current)
             current, total = [], 0
         current.append(index)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..datasets.grid import GridAccumulator, cells_of
 from ..datasets.lidar.las import COLOUR, LasError, TileReader
-from .engine import predict_cloud
+from .engine import predict_cloud, projection
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def tile_cells(reader, grid_size, keep_codes, folder, chunk_points,
 def classify_tile(trained, source, target, votes=1, seed=0, device='cpu',
                   keep_codes=KEEP_CODES, write_classification=False,
                   probabilities='all', chunk_points=1_000_000, progress=None,
-                  work_dir=None, neighbours=(), buffer=0.0, provenance=None):
+                  work_dir=None, neighbours=(), buffer=0.0, provenance=None,
+                  batch_size=None, num_workers=0):
     """Write the classified copy of `source` at `target`; returns the
     writer's report (points, confusion against the file's classes, ...)
     with the figures of the covering. neighbours: `context_tiles` of the
@@ -168,9 +169,11 @@ def classify_tile(trained, source, target, votes=1, seed=0, device='cpu',
             {'split': 'test'})
         preprocessed = clock()
         scores = predict_cloud(model, data, votes=votes, seed=seed,
-                               device=device, progress=progress)
+                               device=device, progress=progress,
+                               batch_size=batch_size, num_workers=num_workers)
         predicted = clock()
-        cell_probabilities = scores.probabilities[data['proj_inds']]
+        cell_probabilities = scores.probabilities[
+            projection(data, len(points), source)]
         num_classes = cell_probabilities.shape[1]
         report = write_predictions(
             source, target, cells, cell_probabilities,

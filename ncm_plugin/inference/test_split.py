@@ -1,7 +1,9 @@
 """The test split of a configured dataset through the prediction engine
-(engine.py), for KPConv models: every test cloud covered by planned
-spheres, `pipeline.test_votes` coverings averaged, the scores carried to
-every point of the cloud as the dataset gives it, metrics on those points.
+(engine.py), for every backbone it covers (all but PVCNN): every test
+cloud covered by planned spheres (KPConv), crops (RandLA-Net) or whole
+(PointTransformer, SparseConvUnet), `pipeline.test_votes` coverings
+averaged, the scores carried to every point of the cloud as the dataset
+gives it, metrics on those points.
 
 Open3D-ML's own test loop chooses each next sphere by a search over the
 whole cloud and keeps one smoothed pass; this one is the covering that
@@ -20,7 +22,8 @@ from tqdm import tqdm
 
 from ..evaluation.recorder import TestRecorder
 from ..training.samplers import preprocessed_cloud
-from .engine import predict_cloud
+from .engine import (covering_class, default_batch_size, predict_cloud,
+                     projection)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ def run_test_split(pipeline):
     model, dataset, cfg = pipeline.model, pipeline.dataset, pipeline.cfg
     device = pipeline.device
     votes = pipeline.options.test_votes
+    batch_size = default_batch_size(model, cfg)
     model.device = device
     model.to(device)
     handler = logging.FileHandler(join(
@@ -54,8 +58,12 @@ def run_test_split(pipeline):
                       unit_scale=True) as bar:
                 scores = predict_cloud(model, data, votes=votes,
                                        seed=pipeline.seed, device=device,
-                                       progress=bar)
-            probabilities = scores.probabilities[data['proj_inds']]
+                                       progress=bar, batch_size=batch_size)
+            # Read again only for a preprocess that gives no proj_inds.
+            original = (None if 'proj_inds' in data else
+                        len(split.get_data(index)['point']))
+            probabilities = scores.probabilities[projection(
+                data, original, attr['name'])]
             predicted = probabilities.argmax(axis=1)
             # A dataset may count its original points itself (LAS tiles).
             confusion = dataset.save_test_result(
@@ -76,8 +84,12 @@ def run_test_split(pipeline):
 
 
 def engine_tests(model):
-    """Whether the test split goes through the engine: KPConv models (the
-    other backbones keep Open3D-ML's own test loop)."""
-    from open3d._ml3d.torch.models.kpconv import KPFCNN
-    return isinstance(model, KPFCNN)
+    """Whether the test split goes through the engine: every backbone it
+    covers (engine.covering_class); PVCNN keeps Open3D-ML's own test
+    loop."""
+    try:
+        covering_class(model)
+    except ValueError:
+        return False
+    return True
 

@@ -23,7 +23,10 @@ still classified, and the exit status is 1.
 Clouds (inference/clouds.py) get a PLY (a PLY input: every vertex property
 kept, plus `label` and one probability per class) or an .npz (`point`,
 `label`, `probabilities`, `class_names`), see inference/cloud_output.py.
-KPConv (KPFCNN) models only so far.
+Backbones (inference/engine.py): KPConv on planned spheres, RandLA-Net on
+its own crops (its num_points nearest points, where the cloud is least
+covered), PointTransformer and SparseConvUnet on the whole scene; not
+PVCNN. --num-workers builds the batches in DataLoader workers.
 """
 import argparse
 import glob
@@ -78,6 +81,13 @@ def parse_args(argv):
                         help="points of the other input tiles within this "
                         "distance of a tile are its edge points' context "
                         "(used, not written; default 0)")
+    parser.add_argument('--batch-size', type=int, default=None,
+                        help='spheres (KPConv) or crops (RandLA-Net) a batch '
+                        "at most (default: KPConv up to its batch_limit "
+                        "points, RandLA-Net the config's test_batch_size)")
+    parser.add_argument('--num-workers', type=int, default=0,
+                        help='DataLoader workers building the batches while '
+                        'the model runs (default 0: in the main process)')
     parser.add_argument('--chunk-points', type=int, default=1_000_000,
                         help='points read and written at a time')
     args, rest = parser.parse_known_args(argv)
@@ -184,12 +194,18 @@ def run(args, overrides):
     from ..inference.indoor import classify_cloud, cloud_provenance, uses_colour
     from ..datasets.lidar.las_output import read_provenance
     from ..inference.lidar import KEEP_CODES, classify_tile, context_tiles
+    from ..inference.engine import covering_class, default_batch_size
     from ..inference.trained import load_trained
     from ..training.devices import require_device
     if args.votes < 1:
         raise ValueError(f"--votes must be >= 1, got {args.votes}")
     if args.buffer < 0:
         raise ValueError(f"--buffer must be >= 0 metres, got {args.buffer}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got "
+                         f"{args.num_workers}")
     device = process_device(require_device(args.device))
     every = expand_inputs(args.inputs)
     jobs = plan(every, args.out, shard_of(args.shard))
@@ -198,10 +214,13 @@ def run(args, overrides):
     if not Path(args.ckpt).is_file():
         raise FileNotFoundError(f"{args.ckpt}: no such checkpoint")
     trained = load_trained(args.ckpt, config, overrides, args.seed)
-    if trained.config['model']['name'] not in ('NCMKPFCNN', 'KPFCNN'):
-        raise ValueError(f"{args.ckpt}: a {trained.config['model']['name']} "
-                         f"model; ncm-predict applies KPConv (KPFCNN) models "
-                         f"so far")
+    try:
+        covering_class(trained.model)
+    except ValueError as error:
+        raise ValueError(f"{args.ckpt}: {error}") from None
+    batching = dict(batch_size=args.batch_size or default_batch_size(
+                        trained.model, trained.config.get('pipeline')),
+                    num_workers=args.num_workers)
     # A LASDataset model reads tiles; the others (S3DIS, ScanNet, Semantic3D)
     # read clouds, and say now if their dataset is none of these.
     lidar_model = 'dataset' in trained.input_settings
@@ -212,13 +231,16 @@ def run(args, overrides):
     options = dict(votes=args.votes, seed=args.seed, keep_codes=list(keep),
                    buffer=args.buffer,
                    write_classification=args.write_classification,
-                   probabilities=args.probabilities)
+                   probabilities=args.probabilities,
+                   # KPConv's scores move by ~1e-4 with the batches.
+                   batch_size=batching['batch_size'])
     # Every tile's header once, for the others' --buffer.
     context = (context_tiles([p for p in every if is_las(p)],
                              trained.input_settings['dataset'])
                if lidar_model and args.buffer > 0 else [])
     provenance = (trained.provenance(**options) if lidar_model else
-                  cloud_provenance(trained, args.votes, args.seed))
+                  cloud_provenance(trained, args.votes, args.seed,
+                                   batching['batch_size']))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     done, skipped, failed, points = [], [], [], 0
     start = time.perf_counter()
@@ -255,11 +277,13 @@ def run(args, overrides):
                         probabilities=args.probabilities,
                         chunk_points=args.chunk_points, progress=bar,
                         neighbours=context,
-                        buffer=args.buffer, provenance=provenance)
+                        buffer=args.buffer, provenance=provenance,
+                        **batching)
                 else:
                     report = classify_cloud(
                         trained, source, target, votes=args.votes,
-                        seed=args.seed, device=device, progress=bar)
+                        seed=args.seed, device=device, progress=bar,
+                        **batching)
         except (LasError, CloudError, FileNotFoundError) as error:
             log.error("%s", error)
             failed.append(source)

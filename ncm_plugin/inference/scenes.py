@@ -1,0 +1,47 @@
+"""The covering of backbones that take a whole scene (PointTransformer on
+its voxel grid, SparseConvUnet on its voxels): one pass per vote, the
+preprocessed cloud as it is, or turned, scaled and flipped by
+`vote_transform` (votes.py) about its centre with its lowest corner kept
+(SparseConvUnet places the scene in a grid from the origin).
+"""
+import numpy as np
+
+from ..training.batcher import NCMStockBatcher
+from ..training.items import as_main_process
+from ..training.samplers import data_model, seeded, sphere_seed
+from .votes import vote_transform
+
+
+class SceneCovering:
+    """The jobs (one per vote) of a whole-scene model on a preprocessed
+    cloud (its `preprocess` output: point [M, 3], feat)."""
+
+    def __init__(self, model, data, votes, seed, batch_size=None):
+        self.model, self.data, self.seed = model, data, seed
+        self.jobs = list(votes)
+        self.passes_per_vote = 1
+        self.transforms = {vote: vote_transform(model.cfg, vote, seed)
+                           for vote in votes}
+        self.batcher = NCMStockBatcher(model, ncm=False)
+
+    def __getstate__(self):
+        return {**self.__dict__, 'model': data_model(self.model),
+                'batcher': NCMStockBatcher(data_model(self.model), ncm=False)}
+
+    def build(self, vote):
+        """[(inputs, held)] of vote `vote`: the scene's batch and its points
+        [M] (the logits are one row per preprocessed point)."""
+        points = np.asarray(self.data['point'], dtype=np.float32)
+        R, scale = self.transforms[vote]
+        if vote:
+            centre = (points.min(axis=0) + points.max(axis=0)) / 2
+            turned = (points - centre) @ R.T * scale
+            points = turned - turned.min(axis=0) + points.min(axis=0)
+        scene = {'point': points.astype(np.float32),
+                 'feat': self.data['feat'],
+                 'label': np.zeros(len(points), dtype=np.int32)}
+        attr = {'split': 'test', 'name': 'scene'}
+        with seeded(sphere_seed(self.seed, vote, 0)), as_main_process():
+            item = self.model.transform(scene, attr)
+        inputs = self.batcher.collate_fn([{'data': item, 'attr': attr}])
+        return [(inputs, np.arange(len(points), dtype=np.int64))]

@@ -35,3 +35,59 @@ def test_caches_compare_up_to_row_order(tmp_path):
         (tmp_path / name / 'Area_1_x.pkl').write_bytes(pickle.dumps([data, []]))
     assert same_points(tmp_path / 'a', tmp_path / 'b')
     assert not same_points(tmp_path / 'a', tmp_path / 'c')
+
+
+def test_the_data_bench_times_the_batches_asked_of_every_variant(
+        tmp_path, monkeypatch, capsys):
+    """bench --part data on the tiny KPConv: 1 repeat of 1 warm-up + 2
+    timed batches per variant, then one profiled epoch of the plugin at 0
+    workers and of stock. The batches each loader handed out are counted
+    here, at the DataLoader iterator."""
+    import json
+    from collections import Counter
+
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    from ncm_plugin.tools.bench.step import main
+    from tiny_training import write_cached_s3dis, write_tiny_config
+    rooms = write_cached_s3dis(tmp_path / 'rooms', rooms=1)
+    config = write_tiny_config(tmp_path / 'tiny.yml', rooms, tmp_path / 'logs')
+    handed_out = Counter()
+    next_batch = _BaseDataLoaderIter.__next__
+
+    def counted(self):
+        out = next_batch(self)
+        handed_out[type(self._dataset).__name__, self._num_workers] += 1
+        return out
+
+    monkeypatch.setattr(_BaseDataLoaderIter, '__next__', counted)
+    out = tmp_path / 'data.json'
+    report = main(['--part', 'data', '--config', str(config),
+                   '--dataset_path', str(rooms), '--batches', '2',
+                   '--repeats', '1', '--warmup', '1', '--out', str(out)])
+    report = report['data']
+    # 3 batches an epoch; the 0-worker plugin and stock run one more.
+    assert handed_out == {('SphereDataset', 0): 6, ('SphereDataset', 1): 3,
+                          ('SphereDataset', 2): 3, ('TorchDataloader', 0): 6}
+    rates = report['rates']
+    assert list(rates) == ['plugin, 0 workers', 'plugin, 1 worker',
+                           'plugin, 2 workers', 'stock, 0 workers']
+    for row in rates.values():
+        assert row['batches'] == [3] and row['batches_timed'] == [2]
+        assert row['batches_per_s']['median'] == row['per_repeat'][0] > 0
+        assert row['vs_stock'] == pytest.approx(
+            row['per_repeat'][0] / rates['stock, 0 workers']['per_repeat'][0])
+    for name in ('plugin, 0 workers', 'stock, 0 workers'):
+        profile = report['profiles'][name]
+        assert profile['batches_profiled'] == 2
+        stages = profile['stages_s']
+        assert 0 < stages['collate'] < stages['batch (next() of the DataLoader)']
+        assert stages['neighbours, layer 0'] > 0
+        assert stages['grid subsampling, layer 0'] > 0
+    assert 'sphere choice, main process (plugin)' in \
+        report['profiles']['plugin, 0 workers']['stages_s']
+    assert json.loads(out.read_text())['rates'] == json.loads(
+        json.dumps(rates))
+    printed = capsys.readouterr().out
+    assert '| variant | batches/s (median) |' in printed
+    assert '| stage | plugin, 0 workers: ms a batch |' in printed

@@ -204,7 +204,8 @@ def run(args):
             'peak_bytes': peaks, 'points': sum(lengths)}
 
 
-PARTS = ('step', 'scaling', 'throughput', 'convert', 'epoch', 'backbones')
+PARTS = ('step', 'scaling', 'throughput', 'convert', 'epoch', 'backbones',
+         'data')
 
 
 def main(argv=None):
@@ -218,7 +219,9 @@ def main(argv=None):
                         'the stock one; epoch: whole training epochs with '
                         '0/1/2 workers and the stock run_train; backbones: '
                         'step overhead of every NCM backbone on its stock '
-                        'settings')
+                        'settings; data: training batches per second of the '
+                        'data pipeline alone (0/1/2 workers and stock) and '
+                        'the time of each stage')
     parser.add_argument('--config', default='ncm_kpconv_s3dis.yml')
     parser.add_argument('--dataset_path',
                         help='raw S3DIS (default: generated synthetic rooms)')
@@ -229,7 +232,8 @@ def main(argv=None):
     parser.add_argument('--neighbors', type=int, default=32,
                         help='scaling: neighbor slots per point')
     parser.add_argument('--batches', type=int, default=8,
-                        help='throughput: test batches')
+                        help='throughput: test batches; data: timed batches '
+                        'a repeat')
     parser.add_argument('--stock-python',
                         help='convert: a Python with open3d 0.20 and pandas<3')
     parser.add_argument('--rooms-per-area', type=int, default=4,
@@ -244,6 +248,13 @@ def main(argv=None):
     parser.add_argument('--backbones', nargs='+',
                         help='backbones: the configs to measure (default: '
                         'one per backbone, its S3DIS or ScanNet config)')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='data: batches of each repeat not timed')
+    parser.add_argument('--pin-core', type=int,
+                        help='data: run on this CPU core only '
+                        '(os.sched_setaffinity); the DataLoader workers, '
+                        'started later, inherit it')
+    parser.add_argument('--out', help='data: write the report as JSON here')
     parser.add_argument('--probe-weight', type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -256,11 +267,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.probe_weight is not None:
         return probe(args)
-    from . import backbones, convert, epoch, scaling, throughput
+    from . import backbones, convert, data, epoch, scaling, throughput
     runners = {'step': run, 'scaling': scaling.run,
                'throughput': throughput.run,
                'convert': convert.run, 'epoch': epoch.run,
-               'backbones': backbones.run}
+               'backbones': backbones.run, 'data': data.run}
     parts = PARTS if args.part == 'all' else (args.part,)
     return {part: runners[part](args) for part in parts}
 

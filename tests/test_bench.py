@@ -72,11 +72,18 @@ def test_the_data_bench_times_the_batches_asked_of_every_variant(
     rates = report['rates']
     assert list(rates) == ['plugin, 0 workers', 'plugin, 1 worker',
                            'plugin, 2 workers', 'stock, 0 workers']
+    stock = rates['stock, 0 workers']
     for row in rates.values():
         assert row['batches'] == [3] and row['batches_timed'] == [2]
         assert row['batches_per_s']['median'] == row['per_repeat'][0] > 0
-        assert row['vs_stock'] == pytest.approx(
-            row['per_repeat'][0] / rates['stock, 0 workers']['per_repeat'][0])
+        assert row['batches_per_cpu_s']['median'] == \
+            row['per_repeat_cpu'][0] > 0
+        assert row['batches_per_s']['vs_stock'] == pytest.approx(
+            row['per_repeat'][0] / stock['per_repeat'][0])
+        assert row['batches_per_cpu_s']['vs_stock'] == pytest.approx(
+            row['per_repeat_cpu'][0] / stock['per_repeat_cpu'][0])
+    assert [len(rates[name]['worker_affinity']) for name in rates] == \
+        [0, 1, 2, 0]
     for name in ('plugin, 0 workers', 'stock, 0 workers'):
         profile = report['profiles'][name]
         assert profile['batches_profiled'] == 2

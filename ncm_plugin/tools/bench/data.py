@@ -158,20 +158,42 @@ def batch_points(data):
     return int(point.numel() // 3)
 
 
+def cpu_seconds(pids):
+    """User + system CPU seconds used so far by this process (all its
+    threads) and by the processes `pids` (the DataLoader's workers)."""
+    total = time.process_time()
+    tick = os.sysconf('SC_CLK_TCK')
+    for pid in pids:
+        with open(f'/proc/{pid}/stat') as stat:
+            fields = stat.read().rsplit(')', 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def worker_pids(iterator):
+    return [worker.pid for worker in getattr(iterator, '_workers', ())]
+
+
 def timed_epoch(variant, epoch, warmup):
-    """(seconds between the arrivals of each batch after the first
-    `warmup`, points of those batches, batches in all)."""
+    """One epoch: {'seconds', 'cpu_seconds' (of the main process and the
+    workers) from the arrival of batch `warmup` to that of the last, the
+    batches timed, the points of each, the batches in all}."""
     variant.start_epoch(epoch)
-    gaps, points, count = [], [], 0
-    last = time.perf_counter()
-    for out in variant.loader:
-        now = time.perf_counter()
+    iterator = iter(variant.loader)
+    pids = worker_pids(iterator)
+    points, count = [], 0
+    start, cpu = time.perf_counter(), cpu_seconds(pids)
+    for out in iterator:
         count += 1
-        if count > warmup:
-            gaps.append(now - last)
+        if count == warmup:
+            start, cpu = time.perf_counter(), cpu_seconds(pids)
+        elif count > warmup:
             points.append(batch_points(out['data']))
-        last = now
-    return gaps, points, count
+    return {'seconds': time.perf_counter() - start,
+            'cpu_seconds': cpu_seconds(pids) - cpu,
+            'batches_timed': count - min(warmup, count), 'points': points,
+            'batches': count, 'worker_affinity': [
+                sorted(os.sched_getaffinity(pid)) for pid in pids]}
 
 
 def spread(values):
@@ -189,25 +211,31 @@ def measure_rates(config, dataset_path, cache_dir, args):
     runs = {name: [] for name in variants}
     for repeat in range(args.repeats):
         for name, variant in variants.items():
-            gaps, points, count = timed_epoch(variant, repeat, args.warmup)
-            runs[name].append({'batches_per_s': len(gaps) / sum(gaps),
-                               'batches_timed': len(gaps),
-                               'batches': count, 'points': points})
+            run = timed_epoch(variant, repeat, args.warmup)
+            run['batches_per_s'] = run['batches_timed'] / run['seconds']
+            run['batches_per_cpu_s'] = run['batches_timed'] / \
+                run['cpu_seconds']
+            runs[name].append(run)
             print(f"repeat {repeat + 1}/{args.repeats}, {name}: "
-                  f"{runs[name][-1]['batches_per_s']:.2f} batches/s",
+                  f"{run['batches_per_s']:.2f} batches/s, "
+                  f"{run['batches_per_cpu_s']:.2f} per CPU-second",
                   flush=True)
     rates = {}
     for name, repeats in runs.items():
         known = [p for r in repeats for p in r['points'] if p is not None]
         rates[name] = {
-            'batches_per_s': spread([r['batches_per_s'] for r in repeats]),
+            **{key: spread([r[key] for r in repeats])
+               for key in ('batches_per_s', 'batches_per_cpu_s')},
             'per_repeat': [r['batches_per_s'] for r in repeats],
+            'per_repeat_cpu': [r['batches_per_cpu_s'] for r in repeats],
             'batches_timed': [r['batches_timed'] for r in repeats],
             'batches': [r['batches'] for r in repeats],
+            'worker_affinity': repeats[-1]['worker_affinity'],
             'points_per_batch': statistics.mean(known) if known else None}
-    stock = rates[STOCK]['batches_per_s']['median']
-    for row in rates.values():
-        row['vs_stock'] = row['batches_per_s']['median'] / stock
+    for key in ('batches_per_s', 'batches_per_cpu_s'):
+        stock = rates[STOCK][key]['median']
+        for row in rates.values():
+            row[key]['vs_stock'] = row[key]['median'] / stock
     return rates
 
 
@@ -531,14 +559,18 @@ def model_layers(cfg):
 
 # -- report --------------------------------------------------------------
 def rate_table(rates):
-    lines = ['| variant | batches/s (median) | spread (min-max) | ms a batch '
-             '| vs stock | points a batch |', '|---|---|---|---|---|---|']
+    lines = ['| variant | batches/s (median) | spread (min-max) | vs stock '
+             '| batches per CPU-second (median) | spread (min-max) | '
+             'vs stock | points a batch |',
+             '|---|---|---|---|---|---|---|---|']
     for name, row in rates.items():
-        rate = row['batches_per_s']
+        cells = []
+        for key in ('batches_per_s', 'batches_per_cpu_s'):
+            rate = row[key]
+            cells.append(f"{rate['median']:.3f} | {rate['min']:.3f}-"
+                         f"{rate['max']:.3f} | {rate['vs_stock']:.2f}x")
         points = row['points_per_batch']
-        lines.append(f"| {name} | {rate['median']:.2f} | {rate['min']:.2f}-"
-                     f"{rate['max']:.2f} | {1e3 / rate['median']:.0f} | "
-                     f"{row['vs_stock']:.2f}x | "
+        lines.append(f"| {name} | {' | '.join(cells)} | "
                      f"{'-' if points is None else f'{points:.0f}'} |")
     return '\n'.join(lines)
 
@@ -595,7 +627,8 @@ def conditions(args):
             'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
             'torch_threads': torch.get_num_threads(),
             'batches': args.batches, 'repeats': args.repeats,
-            'warmup': args.warmup, 'seed': args.seed}
+            'warmup': args.warmup, 'seed': args.seed,
+            'load_average': os.getloadavg()}
 
 
 def pin(core):
@@ -611,9 +644,10 @@ def run(args):
     cfg = load_config(resolve_config(config))
     dataset_path = bench_dataset(cfg, args.dataset_path, args.seed)
     cache_dir = Path(tempfile.mkdtemp(prefix='ncm_data_cache_'))
+    before = conditions(args)
     print(f"{config} on {dataset_path}; {args.repeats} repeat(s) of "
           f"{args.warmup} + {args.batches} batches (the first {args.warmup} "
-          f"of each not timed); {conditions(args)}", flush=True)
+          f"of each not timed); {before}", flush=True)
     rates = measure_rates(config, dataset_path, cache_dir, args)
     spheres = (args.warmup + args.batches) * cfg['pipeline']['batch_size']
     profiles = {}
@@ -631,13 +665,17 @@ def run(args):
           f"{args.repeats} interleaved repeats of {args.batches} timed "
           f"batches (after {args.warmup} warm-up batches)\n")
     print(rate_table(rates))
+    print("\nbatches/s: wall clock; per CPU-second: the CPU time of the "
+          "main process and its workers in the same window (the rate per "
+          "core, whatever else the machine runs).")
     print(f"\nStages, mean over {args.batches} batches of one more epoch "
           f"at 0 workers (wrapped functions; pinning not measured on a "
           f"CPU-only torch):\n")
     print(stage_table(profiles, rows))
     print('\n' + extras_lines(profiles))
     report = {'config': config, 'dataset_path': str(dataset_path),
-              'conditions': conditions(args), 'rates': rates,
+              'conditions': {**before, 'load_average_end': os.getloadavg()},
+              'rates': rates,
               'profiles': profiles}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,6 @@ class TrainingLoader:
     """A variant's training DataLoader and how an epoch of it starts."""
 
     def __init__(self, cfg, seed):
-        self.cfg = cfg
         self.stock = cfg['pipeline']['name'] == 'SemanticSegmentation'
         dataset, self.model, pipeline = build(cfg, seed)
         batch_size = cfg['pipeline']['batch_size']
@@ -623,7 +622,7 @@ def extras_lines(profiles):
 
 def conditions(args):
     return {'pin_core': args.pin_core,
-            'affinity': sorted(os.sched_getaffinity(0)),
+            'affinity': affinity(),
             'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
             'torch_threads': torch.get_num_threads(),
             'batches': args.batches, 'repeats': args.repeats,
@@ -632,9 +631,20 @@ def conditions(args):
 
 
 def pin(core):
-    """This process (and so the fork server and the DataLoader workers it
-    starts later, which inherit it) on CPU `core`."""
-    os.sched_setaffinity(0, {core})
+    """Every thread of this process on CPU `core` (sched_setaffinity sets
+    one thread, and torch's and Open3D's thread pools exist from their
+    import on); the fork server and the DataLoader workers, started later,
+    inherit it."""
+    for thread in os.listdir('/proc/self/task'):
+        os.sched_setaffinity(int(thread), {core})
+
+
+def affinity():
+    """The CPUs any thread of this process may run on."""
+    cpus = set()
+    for thread in os.listdir('/proc/self/task'):
+        cpus |= os.sched_getaffinity(int(thread))
+    return sorted(cpus)
 
 
 def run(args):

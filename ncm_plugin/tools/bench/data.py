@@ -231,10 +231,15 @@ def measure_rates(config, dataset_path, cache_dir, args):
             'batches': [r['batches'] for r in repeats],
             'worker_affinity': repeats[-1]['worker_affinity'],
             'points_per_batch': statistics.mean(known) if known else None}
-    for key in ('batches_per_s', 'batches_per_cpu_s'):
-        stock = rates[STOCK][key]['median']
+    for key, repeats in (('batches_per_s', 'per_repeat'),
+                         ('batches_per_cpu_s', 'per_repeat_cpu')):
+        stock = rates[STOCK]
         for row in rates.values():
-            row[key]['vs_stock'] = row[key]['median'] / stock
+            row[key]['vs_stock'] = row[key]['median'] / stock[key]['median']
+            # Less exposed to the machine's drift: each repeat's variants
+            # ran within a minute of each other.
+            row[key]['paired_vs_stock'] = statistics.median(
+                a / b for a, b in zip(row[repeats], stock[repeats]))
     return rates
 
 
@@ -317,7 +322,9 @@ def timed_crop(stages, sampler):
 
 def stage_wrappers(stages, model_class):
     """[(owner, attribute, replacement)] of the functions a batch goes
-    through, for `model_class` (the config's model) and its stock class."""
+    through, for `model_class` (the config's model) and its stock class.
+    A function the code no longer has is left out (its stage is not
+    shown), so that the profile keeps working while the pipeline changes."""
     from open3d._ml3d.datasets.samplers import SemSegRandomSampler
     from open3d._ml3d.torch.dataloaders import TorchDataloader
     from open3d._ml3d.torch.dataloaders import concat_batcher
@@ -328,35 +335,37 @@ def stage_wrappers(stages, model_class):
     stock = model_class.stock_class() if hasattr(model_class, 'stock_class') \
         else model_class
     timed = stages.timed
-    cloud = SharedSpatiallyRegularSampler._cloud
 
-    def choice_cloud(self, index):
-        points, tree = cloud(self, index)
-        return points, TimedTree(tree, stages, 'choice query')
+    def choice_cloud(cloud):
+        def with_timed_tree(self, index):
+            points, tree = cloud(self, index)
+            return points, TimedTree(tree, stages, 'choice query')
+        return with_timed_tree
 
-    cache_call = dataset_helper.Cache.__call__
+    def cache_read(call):
+        def measured(self, unique_id, *data):
+            path = os.path.join(self.cache_dir, f'{unique_id}.npy')
+            if stages.active and os.path.exists(path):
+                stages.cache_bytes.append(os.path.getsize(path))
+            return call(self, unique_id, *data)
+        return timed('cache', measured)
 
-    def cache_read(self, unique_id, *data):
-        path = os.path.join(self.cache_dir, f'{unique_id}.npy')
-        if stages.active and os.path.exists(path):
-            stages.cache_bytes.append(os.path.getsize(path))
-        return cache_call(self, unique_id, *data)
+    def counted_read(read):
+        def counted(self, path):
+            stages.count('cache reads')
+            return read(self, path)
+        return counted
 
-    cache_load = dataset_helper.Cache._read
+    def cloud_transform(transform):
+        def noted(self, data, attr, *args, **kwargs):
+            if stages.active:
+                stages.clouds.add((attr.get('name'), data['point'].shape,
+                                   data['point'].dtype.str))
+            return transform(self, data, attr, *args, **kwargs)
+        return timed('transform', noted)
 
-    def counted_read(self, path):
-        stages.count('cache reads')
-        return cache_load(self, path)
-
-    transform = stock.transform
-
-    def cloud_transform(self, data, attr, *args, **kwargs):
-        if stages.active:
-            stages.clouds.add((attr.get('name'), data['point'].shape,
-                               data['point'].dtype.str))
-        return transform(self, data, attr, *args, **kwargs)
-
-    random_sampler = SemSegRandomSampler.get_point_sampler
+    def random_sampler(get_point_sampler):
+        return staticmethod(lambda: timed_crop(stages, get_point_sampler()))
 
     def neighbours(queries, supports, *args):
         if queries is supports:
@@ -368,48 +377,43 @@ def stage_wrappers(stages, model_class):
         stages.layer += 1
         return f'grid subsampling, layer {stages.layer - 1}'
 
-    kpconv_batch = concat_batcher.KPConvBatch.__init__
+    def new_batch(init):
+        def counting_layers(self, *args, **kwargs):
+            stages.layer = 0
+            return init(self, *args, **kwargs)
+        return counting_layers
 
-    def new_batch(self, *args, **kwargs):
-        stages.layer = 0
-        return kpconv_batch(self, *args, **kwargs)
+    def stage(name):
+        return lambda function: timed(name, function)
 
-    wrappers = [
-        (SharedSpatiallyRegularSampler, 'next_request',
-         timed('sphere choice', SharedSpatiallyRegularSampler.next_request)),
+    requested = getattr(samplers, 'RequestedSphere', None)
+    candidates = [
+        (SharedSpatiallyRegularSampler, 'next_request', stage('sphere choice')),
         (SharedSpatiallyRegularSampler, '_cloud', choice_cloud),
-        (samplers.SphereDataset, '__getitem__',
-         timed('request', samplers.SphereDataset.__getitem__)),
-        (items.SeededItemDataset, '__getitem__',
-         timed('request', items.SeededItemDataset.__getitem__)),
-        (TorchDataloader, '__getitem__',
-         timed('item', TorchDataloader.__getitem__)),
-        (dataset_helper.Cache, '__call__', timed('cache', cache_read)),
+        (samplers.SphereDataset, '__getitem__', stage('request')),
+        (items.SeededItemDataset, '__getitem__', stage('request')),
+        (TorchDataloader, '__getitem__', stage('item')),
+        (dataset_helper.Cache, '__call__', cache_read),
         (dataset_helper.Cache, '_read', counted_read),
-        (stock, 'preprocess', timed('preprocess', stock.preprocess)),
-        (stock, 'transform', timed('transform', cloud_transform)),
-        (samplers.RequestedSphere, '__call__',
-         timed_crop(stages, samplers.RequestedSphere.__call__)),
-        (SemSegRandomSampler, 'get_point_sampler', staticmethod(
-            lambda: timed_crop(stages, random_sampler()))),
-        (kpconv.KPFCNN, 'augmentation_transform',
-         timed('augmentation', kpconv.KPFCNN.augmentation_transform)),
-        (kpconv, 'trans_normalize',
-         timed('normalisation', kpconv.trans_normalize)),
+        (stock, 'preprocess', stage('preprocess')),
+        (stock, 'transform', cloud_transform),
+        (requested, '__call__', lambda call: timed_crop(stages, call)),
+        (SemSegRandomSampler, 'get_point_sampler', random_sampler),
+        (kpconv.KPFCNN, 'augmentation_transform', stage('augmentation')),
+        (kpconv, 'trans_normalize', stage('normalisation')),
         (concat_batcher.KPConvBatch, '__init__', new_batch),
         (concat_batcher, 'batch_grid_subsampling',
-         timed(subsampling, concat_batcher.batch_grid_subsampling)),
+         lambda function: timed(subsampling, function)),
         (concat_batcher, 'batch_neighbors',
-         timed(neighbours, concat_batcher.batch_neighbors)),
-        (batcher, 'sort_rows', timed('sort rows', batcher.sort_rows)),
-        (batcher, 'nearest_first',
-         timed('nearest first', batcher.nearest_first)),
-        (batcher, 'knn_neighbors', timed('NCM kNN', batcher.knn_neighbors))]
-    if hasattr(model_class, 'ncm_collate') and 'ncm_collate' in vars(
-            model_class):
-        wrappers.append((model_class, 'ncm_collate',
-                         timed('ncm_collate', model_class.ncm_collate)))
-    return wrappers
+         lambda function: timed(neighbours, function)),
+        (batcher, 'sort_rows', stage('sort rows')),
+        (batcher, 'nearest_first', stage('nearest first')),
+        (batcher, 'knn_neighbors', stage('NCM kNN'))]
+    if 'ncm_collate' in vars(model_class):
+        candidates.append((model_class, 'ncm_collate', stage('ncm_collate')))
+    return [(owner, name, make(getattr(owner, name)))
+            for owner, name, make in candidates
+            if owner is not None and hasattr(owner, name)]
 
 
 def profile(cfg, seed, warmup, batches):
@@ -559,15 +563,17 @@ def model_layers(cfg):
 # -- report --------------------------------------------------------------
 def rate_table(rates):
     lines = ['| variant | batches/s (median) | spread (min-max) | vs stock '
-             '| batches per CPU-second (median) | spread (min-max) | '
-             'vs stock | points a batch |',
-             '|---|---|---|---|---|---|---|---|']
+             '(medians) | vs stock (median of the repeats\' ratios) | '
+             'batches per CPU-second (median) | spread (min-max) | vs stock '
+             '(medians) | vs stock (median of the repeats\' ratios) | '
+             'points a batch |', '|---|---|---|---|---|---|---|---|---|---|']
     for name, row in rates.items():
         cells = []
         for key in ('batches_per_s', 'batches_per_cpu_s'):
             rate = row[key]
             cells.append(f"{rate['median']:.3f} | {rate['min']:.3f}-"
-                         f"{rate['max']:.3f} | {rate['vs_stock']:.2f}x")
+                         f"{rate['max']:.3f} | {rate['vs_stock']:.2f}x | "
+                         f"{rate['paired_vs_stock']:.2f}x")
         points = row['points_per_batch']
         lines.append(f"| {name} | {' | '.join(cells)} | "
                      f"{'-' if points is None else f'{points:.0f}'} |")

@@ -9,9 +9,11 @@ memory and a lock) the order in which workers load decides the spheres.
 
 Here the choice and the coverage update are made in the main process, in
 order, when the DataLoader draws an index (`SphereRequests`): an index is a
-`SphereRequest` (cloud, centre points, seed), and the worker only does the
-heavy per-sphere work (crop, augmentation, the batcher's subsampling and
-neighbor lists) for it (`RequestedSphere`, `SphereDataset`). The coverage is
+`SphereRequest` (cloud, centre points, seed, and the points the main
+process's radius search found), and the worker only does the heavy
+per-sphere work (crop, augmentation, the batcher's subsampling and neighbor
+lists) for it (`SphereDataset`), on the cloud's memory-mapped arrays
+(clouds.py), never reading the whole cloud. The coverage is
 a plain object (`Coverage`) a checkpoint can hold, the augmentation of a
 sphere is seeded from (run seed, epoch, sphere number) and nothing a worker
 needs is a closure, so workers start with forkserver, once per run.
@@ -28,6 +30,8 @@ from open3d._ml3d.datasets.samplers import SemSegSpatiallyRegularSampler
 from open3d._ml3d.torch.dataloaders import TorchDataloader
 from open3d._ml3d.utils import SAMPLER, Config
 
+from .clouds import CloudStore
+
 # Workers are started by a single-threaded server process, never forked from
 # the training process (which runs TensorBoard's, gloo's and OpenMP's threads:
 # a fork can copy a lock another thread holds, and the child hangs for ever).
@@ -41,10 +45,13 @@ TRAINING_SPLITS = ('train', 'validation', 'valid', 'training')
 class SphereRequest(NamedTuple):
     """One sphere to load: cloud index of the split, the point indices of its
     centres (one, unless a sphere held fewer than the model's
-    `min_in_points`) and the seed of its augmentation."""
+    `min_in_points`), the seed of its augmentation, and the points within
+    the radius of each centre as the main process's search found them (the
+    worker crops them: one radius query per sphere)."""
     cloud: int
     centres: tuple
     seed: int
+    members: tuple = ()
 
 
 class Coverage:
@@ -147,10 +154,12 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
         self.length = len(dataloader)
         keep = self.split in TRAINING_SPLITS
         self._clouds, self.possibilities = [], []
+        self.clouds = CloudStore() if keep else None
         for index in range(len(self.dataset)):
             data = preprocessed_cloud(dataloader, index)
             if keep:
                 self._clouds.append((data['point'], data['search_tree']))
+                self.clouds.add(data)
             self.possibilities.append(np.random.rand(len(data['point'])) * 1e-3)
         self.min_possibilities = [float(p.min()) for p in self.possibilities]
         self.coverage = Coverage(self.possibilities)
@@ -180,7 +189,7 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
         radius, min_points, max_points = self.sphere
         cloud = self.coverage.least_covered_cloud()
         points, tree = self._cloud(cloud)
-        centres, taken = [], 0
+        centres, members, taken = [], [], 0
         while taken < min_points:
             centre = self.coverage.least_covered_point(cloud)
             indices = tree.query_radius(points[centre:centre + 1], r=radius)[0]
@@ -191,9 +200,11 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
                 (points[indices] - points[centre]).astype(np.float32)), axis=1)
             self.coverage.cover(cloud, indices, distances2)
             centres.append(centre)
+            members.append(indices)
             taken += min(len(indices), max_points - taken)
         request = SphereRequest(cloud, tuple(centres),
-                                sphere_seed(self.seed, self.epoch, self.drawn))
+                                sphere_seed(self.seed, self.epoch, self.drawn),
+                                tuple(members))
         self.drawn += 1
         return request
 
@@ -205,7 +216,7 @@ class SharedSpatiallyRegularSampler(SemSegSpatiallyRegularSampler):
 
     def get_point_sampler(self):
         """The test split's sampler; training and validation go through
-        SphereRequests and RequestedSphere instead."""
+        SphereRequests and SphereDataset instead."""
         if self.split in TRAINING_SPLITS:
             raise RuntimeError("training spheres are chosen by SphereRequests")
         return super().get_point_sampler()
@@ -233,40 +244,65 @@ class SphereRequests(torch.utils.data.Sampler):
                 yield request
 
 
-class RequestedSphere:
-    """KPFCNN's `trans_point_sampler` for one SphereRequest: returns the
-    sphere around each requested centre in turn (points in a seeded random
-    order, as the stock sampler shuffles them)."""
+class StackedSpheres:
+    """KPFCNN's `trans_point_sampler` for the spheres of one SphereRequest,
+    cropped beforehand and stacked: the transform gets the stacked crops as
+    its cloud, and the sampler hands out one sphere after the other (its
+    rows of the stack, in the order the crop shuffled them)."""
 
-    def __init__(self):
-        self.centres, self.rng = [], None
+    def __init__(self, centres, lengths):
+        self.centres = list(centres)
+        self.bounds = list(zip(np.cumsum([0] + list(lengths[:-1])),
+                               np.cumsum(lengths)))
 
-    def start(self, request):
-        self.centres = list(request.centres)
-        self.rng = np.random.default_rng(request.seed)
-
-    def __call__(self, pc=None, search_tree=None, radius=None, **unused):
-        if not self.centres:
+    def __call__(self, pc=None, **unused):
+        if not self.bounds:
             raise RuntimeError("the transform asked for more spheres than the "
                                "main process chose")
-        if radius is None or search_tree is None:
-            raise KeyError("RequestedSphere needs pc, search_tree and radius")
-        centre = pc[self.centres.pop(0)].reshape(1, -1)
-        indices = search_tree.query_radius(centre, r=radius)[0]
-        self.rng.shuffle(indices)
-        return pc[indices], indices, centre
+        start, stop = self.bounds.pop(0)
+        return (pc[start:stop], np.arange(start, stop),
+                self.centres.pop(0).reshape(1, -1))
+
+
+def sphere_crop(cloud, request):
+    """(crop, sampler, rows): the points of every sphere of `request` cut
+    from `cloud` ({'point', 'feat', 'label', ...} arrays), each sphere's
+    points in a seeded random order as the stock sampler shuffles them,
+    stacked; the StackedSpheres sampler that hands them to KPFCNN's
+    transform; rows [n]: the cloud's index of each row of the stack."""
+    rng = np.random.default_rng(request.seed)
+    members = []
+    for indices in request.members:
+        indices = np.array(indices)
+        rng.shuffle(indices)
+        members.append(indices)
+    rows = np.concatenate(members)
+    crop = {key: (value[rows] if key in ('point', 'feat', 'label')
+                  and value is not None else value)
+            for key, value in cloud.items()}
+    crop['search_tree'] = None
+    centres = [np.asarray(cloud['point'][c]) for c in request.centres]
+    return crop, StackedSpheres(centres, [len(m) for m in members]), rows
 
 
 class SphereTransform:
-    """The model's transform for a requested sphere (picklable: a worker
-    gets the model and this object once, when it starts)."""
+    """The model's transform for a requested sphere, cropped beforehand
+    (picklable: a worker gets the model and this object once, when it
+    starts)."""
 
     def __init__(self, model):
-        self.model, self.sphere = model, RequestedSphere()
+        self.model = model
 
-    def __call__(self, data, attr):
-        self.model.trans_point_sampler = self.sphere
-        return self.model.transform(data, attr)
+    def __call__(self, crop, attr, sampler, rows):
+        """KPFCNN's transform of the stacked crop; its per-sphere indices
+        (`r_mask_list`) given back as indices of the cloud, and no copy of
+        the cloud's labels per sphere (`val_labels_list`: Open3D-ML's test
+        loop reads it, no training step does)."""
+        self.model.trans_point_sampler = sampler
+        item = self.model.transform(crop, attr)
+        item['r_mask_list'] = [rows[mask] for mask in item['r_mask_list']]
+        item['val_labels_list'] = []
+        return item
 
 
 def data_model(model):
@@ -327,12 +363,17 @@ def preprocessed_by(state, bare):
 
 class SphereDataset(TorchDataloader):
     """TorchDataloader whose index is a SphereRequest: the item is the
-    requested sphere of the requested cloud, its random draws seeded by the
-    request. A worker receives it with a parameter-free copy of the model."""
+    requested sphere of the requested cloud, cropped from the cloud's
+    memory-mapped arrays (the sampler's CloudStore) with the points the
+    request holds, its random draws seeded by the request. A worker
+    receives it with a parameter-free copy of the model and the store's
+    file names."""
 
-    def __init__(self, *args, model=None, **kwargs):
+    def __init__(self, *args, model=None, sampler=None, **kwargs):
         self.sphere_transform = SphereTransform(model)
-        super().__init__(*args, transform=self.sphere_transform, **kwargs)
+        super().__init__(*args, transform=self.sphere_transform,
+                         sampler=sampler, **kwargs)
+        self.clouds = sampler.clouds
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -344,13 +385,14 @@ class SphereDataset(TorchDataloader):
         if not isinstance(request, SphereRequest):
             raise TypeError(f"SphereDataset takes SphereRequests, got "
                             f"{type(request).__name__}")
-        self.sphere_transform.sphere.start(request)
+        attr = self.dataset.get_attr(request.cloud)
+        crop, sampler, rows = sphere_crop(self.clouds.cloud(request.cloud),
+                                          request)
         with seeded(request.seed):
-            item = super().__getitem__(request.cloud)
+            data = self.sphere_transform(crop, attr, sampler, rows)
         # The batcher seeds its own random draws (KPConv's randomly oriented
         # pooling grids) from the seeds of the batch's spheres.
-        item['attr'] = {**item['attr'], 'sphere_seed': request.seed}
-        return item
+        return {'data': data, 'attr': {**attr, 'sphere_seed': request.seed}}
 
 
 def worker_init(worker_id, main_pid=None):

@@ -20,6 +20,7 @@ from open3d._ml3d.torch.dataloaders.concat_batcher import (
 
 from ..losses import knn_neighbors
 from .samplers import batch_seed, data_model, seeded
+from .radius_search import sized_hash_tables
 
 # Tensor-valued attributes of a KPConvBatch: lists of tensors, then tensors.
 LIST_FIELDS = ('points', 'neighbors', 'pools', 'upsamples', 'lengths')
@@ -99,7 +100,9 @@ class NCMConcatBatcher(ConcatBatcher):
     are HostKPConvBatch and carry `ncm_target [B, C, C]` when the items have
     scene targets.
 
-    Upsampling lists always have the nearest point first (`nearest_first`).
+    Its radius searches use hash tables sized for the points
+    (radius_search.py). Upsampling lists always have the nearest point first
+    (`nearest_first`).
     sort_neighbors: Open3D's multi-threaded radius search returns each
     point's neighbors in an order that varies from run to run; KPConv's sums
     over them then differ in the last bits. Sorted, two runs give the same
@@ -117,7 +120,8 @@ class NCMConcatBatcher(ConcatBatcher):
 
     def collate_fn(self, batches):
         seed = batch_seed(batches)
-        with seeded(seed) if seed is not None else contextlib.nullcontext():
+        with seeded(seed) if seed is not None else \
+                contextlib.nullcontext(), sized_hash_tables():
             out = super().collate_fn(batches)
         # The items' attributes (the stock batcher drops them): the sphere
         # check reads which cloud each sphere is of.

@@ -39,8 +39,8 @@ def test_caches_compare_up_to_row_order(tmp_path):
 
 def test_the_data_bench_times_the_batches_asked_of_every_variant(
         tmp_path, monkeypatch, capsys):
-    """bench --part data on the tiny KPConv: 1 repeat of 1 warm-up + 2
-    timed batches per variant, then one profiled epoch of the plugin at 0
+    """bench --part data on the tiny KPConv: an untimed epoch, then 1
+    repeat of 1 warm-up + 2 timed batches per variant, one profiled epoch of the plugin at 0
     workers and of stock. The batches each loader handed out are counted
     here, at the DataLoader iterator."""
     import json
@@ -66,15 +66,18 @@ def test_the_data_bench_times_the_batches_asked_of_every_variant(
                    '--dataset_path', str(rooms), '--batches', '2',
                    '--repeats', '1', '--warmup', '1', '--out', str(out)])
     report = report['data']
-    # 3 batches an epoch; the 0-worker plugin and stock run one more.
-    assert handed_out == {('SphereDataset', 0): 6, ('SphereDataset', 1): 3,
-                          ('SphereDataset', 2): 3, ('TorchDataloader', 0): 6}
+    # 3 batches an epoch (2 workers: 2 warm-up, a whole round of theirs),
+    # an untimed epoch and the timed one; the 0-worker plugin and stock
+    # run one more to be profiled.
+    assert handed_out == {('SphereDataset', 0): 9, ('SphereDataset', 1): 6,
+                          ('SphereDataset', 2): 8, ('TorchDataloader', 0): 9}
     rates = report['rates']
     assert list(rates) == ['plugin, 0 workers', 'plugin, 1 worker',
                            'plugin, 2 workers', 'stock, 0 workers']
     stock = rates['stock, 0 workers']
-    for row in rates.values():
-        assert row['batches'] == [3] and row['batches_timed'] == [2]
+    for name, row in rates.items():
+        assert row['batches'] == [4 if name == 'plugin, 2 workers' else 3]
+        assert row['batches_timed'] == [2]
         assert row['batches_per_s']['median'] == row['per_repeat'][0] > 0
         assert row['batches_per_cpu_s']['median'] == \
             row['per_repeat_cpu'][0] > 0
@@ -100,3 +103,10 @@ def test_the_data_bench_times_the_batches_asked_of_every_variant(
     printed = capsys.readouterr().out
     assert '| variant | batches/s (median) |' in printed
     assert '| stage | plugin, 0 workers: ms a batch |' in printed
+
+
+def test_worker_variants_time_whole_rounds_of_their_workers():
+    from ncm_plugin.tools.bench.data import whole_rounds
+    assert [whole_rounds(n, 2) for n in (1, 2, 3, 10)] == [2, 2, 4, 10]
+    assert [whole_rounds(n, w) for n, w in ((3, 0), (3, 1), (0, 2))] == \
+        [3, 3, 0]

@@ -6,11 +6,16 @@ does): the plugin's training loader (`NCMSemanticSegmentation._loader`)
 with 0, 1 and 2 DataLoader workers, and stock Open3D-ML's (TorchDataloader +
 the stock batcher + the stock sampler, SemSegSpatiallyRegularSampler for
 KPFCNN; 0 workers: its worker_init_fn overflows on numpy 2) on the same
-clouds. Every repeat is one epoch of warmup + batches batches per variant,
-the variants interleaved (v1 v2 v3 v4, v1 v2 ...); the first `warmup`
-batches of each epoch are not timed (worker start, first reads). Figures:
-the median over repeats, the spread min-max, and the ratio to stock from the
-medians of the same run.
+clouds. Every repeat is one epoch of warmup + batches batches per variant
+(both rounded up to whole rounds of its workers, see `whole_rounds`),
+after one untimed epoch of each (workers started, first reads), the
+variants interleaved (v1 v2 v3 v4, v1 v2 ...); the first `warmup` batches
+of each epoch are not timed (worker start, first reads). Figures: batches
+per second of wall clock and per CPU-second (the main process's and the
+workers' CPU time in the same window: the rate per core, whatever else
+the machine runs), the median over repeats, the spread min-max, and the
+ratio to stock from the medians of the same run (and the median of each
+repeat's ratio).
 
 Then one more epoch of the plugin at 0 workers and of stock, each stage of a
 batch timed by wrappers set here around the functions the pipeline calls
@@ -200,17 +205,39 @@ def spread(values):
             'max': max(values)}
 
 
+def whole_rounds(count, workers):
+    """`count` rounded up to a multiple of `workers` (at least 1).
+
+    W workers on one core build W batches side by side, which arrive
+    together: a window that starts or ends inside such a round times a
+    batch built before it (with 1 warm-up and 1 timed batch, 2 workers
+    would show the second batch arriving at once)."""
+    workers = max(int(workers or 0), 1)
+    return -(-int(count) // workers) * workers
+
+
+def epoch_plan(args, workers):
+    """(warm-up batches, timed batches) of a variant's epoch: --warmup and
+    --batches in whole rounds of its workers."""
+    return whole_rounds(args.warmup, workers), whole_rounds(args.batches,
+                                                            workers)
+
+
 def measure_rates(config, dataset_path, cache_dir, args):
     """{variant: figures} of --repeats interleaved epochs."""
-    spheres = (args.warmup + args.batches) * \
-        load_config(resolve_config(config))['pipeline']['batch_size']
+    batch_size = load_config(resolve_config(config))['pipeline']['batch_size']
+    plans = {name: epoch_plan(args, workers) for name, workers in VARIANTS}
     variants = {name: TrainingLoader(bench_config(
-        config, dataset_path, workers, spheres, cache_dir), args.seed)
-        for name, workers in VARIANTS}
+        config, dataset_path, workers, sum(plans[name]) * batch_size,
+        cache_dir), args.seed) for name, workers in VARIANTS}
+    for variant in variants.values():
+        # Untimed: the workers start and the first reads are made, so that
+        # every timed epoch starts with its workers idle and side by side.
+        timed_epoch(variant, 0, 0)
     runs = {name: [] for name in variants}
     for repeat in range(args.repeats):
         for name, variant in variants.items():
-            run = timed_epoch(variant, repeat, args.warmup)
+            run = timed_epoch(variant, repeat + 1, plans[name][0])
             run['batches_per_s'] = run['batches_timed'] / run['seconds']
             run['batches_per_cpu_s'] = run['batches_timed'] / \
                 run['cpu_seconds']
@@ -387,6 +414,10 @@ def stage_wrappers(stages, model_class):
         return lambda function: timed(name, function)
 
     requested = getattr(samplers, 'RequestedSphere', None)
+    try:  # the plugin's own radius searches, where the batcher has them
+        from ...training import radius_search
+    except ImportError:
+        radius_search = None
     candidates = [
         (SharedSpatiallyRegularSampler, 'next_request', stage('sphere choice')),
         (SharedSpatiallyRegularSampler, '_cloud', choice_cloud),
@@ -405,6 +436,8 @@ def stage_wrappers(stages, model_class):
         (concat_batcher, 'batch_grid_subsampling',
          lambda function: timed(subsampling, function)),
         (concat_batcher, 'batch_neighbors',
+         lambda function: timed(neighbours, function)),
+        (radius_search, 'batch_neighbors',
          lambda function: timed(neighbours, function)),
         (batcher, 'sort_rows', stage('sort rows')),
         (batcher, 'nearest_first', stage('nearest first')),
@@ -504,7 +537,7 @@ def stage_rows(layers):
              ('crop', 'crop query'), 4),
             ('normalisation', 'normalisation', 3),
             ('augmentation', 'augmentation', 3),
-            ('rest (whole-cloud copy, features, random drop)',
+            ('rest (KPFCNN: whole-cloud copy, features, random drop)',
              ('transform', 'crop', 'normalisation', 'augmentation'), 3),
             ('item, rest', ('item', 'cache', 'preprocess', 'transform'), 2),
             ('collate', 'collate', 1)]

@@ -15,11 +15,10 @@ scaled and flipped by `vote_transform` about each crop's centre.
 """
 import numpy as np
 
-from ..training.batcher import NCMStockBatcher
 from ..training.items import as_main_process
-from ..training.samplers import data_model, seeded, sphere_seed
+from ..training.samplers import seeded, sphere_seed
+from .covering import StockBatchedCovering
 from .spheres import WholeCrop
-from .votes import vote_transform
 
 # Open3D-ML's RandLA-Net test loop ends when every possibility exceeds this.
 COVERED = 0.5
@@ -41,12 +40,12 @@ def plan_crops(points, tree, size, rng):
     return crops
 
 
-class CropCovering:
+class CropCovering(StockBatchedCovering):
     """The jobs of a RandLA-Net model on a preprocessed cloud (its
     `preprocess` output: point [M, 3], feat, search_tree)."""
 
     def __init__(self, model, data, votes, seed, batch_size=None):
-        self.model, self.data, self.votes, self.seed = model, data, votes, seed
+        super().__init__(model, data, votes, seed)
         points = np.asarray(data['point'])
         batch_size = batch_size or 1
         self.jobs = []
@@ -60,13 +59,6 @@ class CropCovering:
                         (centre, indices) in enumerate(crops)]
             self.jobs += [numbered[i:i + batch_size]
                           for i in range(0, len(numbered), batch_size)]
-        self.transforms = {vote: vote_transform(model.cfg, vote, seed)
-                           for vote in votes}
-        self.batcher = NCMStockBatcher(model, ncm=False)
-
-    def __getstate__(self):
-        return {**self.__dict__, 'model': data_model(self.model),
-                'batcher': NCMStockBatcher(data_model(self.model), ncm=False)}
 
     def build(self, crops):
         """[(inputs, held)]: the collated batch of `crops` and the points

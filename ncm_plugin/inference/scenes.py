@@ -6,27 +6,19 @@ preprocessed cloud as it is, or turned, scaled and flipped by
 """
 import numpy as np
 
-from ..training.batcher import NCMStockBatcher
 from ..training.items import as_main_process
-from ..training.samplers import data_model, seeded, sphere_seed
-from .votes import vote_transform
+from ..training.samplers import seeded, sphere_seed
+from .covering import StockBatchedCovering
 
 
-class SceneCovering:
+class SceneCovering(StockBatchedCovering):
     """The jobs (one per vote) of a whole-scene model on a preprocessed
     cloud (its `preprocess` output: point [M, 3], feat)."""
 
     def __init__(self, model, data, votes, seed, batch_size=None):
-        self.model, self.data, self.seed = model, data, seed
+        super().__init__(model, data, votes, seed)
         self.jobs = list(votes)
         self.passes_per_vote = 1
-        self.transforms = {vote: vote_transform(model.cfg, vote, seed)
-                           for vote in votes}
-        self.batcher = NCMStockBatcher(model, ncm=False)
-
-    def __getstate__(self):
-        return {**self.__dict__, 'model': data_model(self.model),
-                'batcher': NCMStockBatcher(data_model(self.model), ncm=False)}
 
     def build(self, vote):
         """[(inputs, held)] of vote `vote`: the scene's batch and its points

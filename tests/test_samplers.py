@@ -183,3 +183,25 @@ def test_seeded_items_leave_the_cuda_generators_alone(monkeypatch):
     assert torch.equal(inside, torch.rand(3, generator=torch.Generator()
                                           .manual_seed(5)))
     assert torch.equal(after, before)  # the CPU generator given back
+
+
+class _OpenThreads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        import open3d
+        return open3d.utility.get_max_threads()
+
+
+def test_a_worker_gives_open3d_one_thread():
+    """Its radius searches would otherwise take every core, the training
+    step's included."""
+    import functools
+
+    from ncm_plugin.training.samplers import worker_context, worker_init
+    loader = torch.utils.data.DataLoader(
+        _OpenThreads(), batch_size=None, num_workers=1,
+        multiprocessing_context=worker_context(),
+        worker_init_fn=functools.partial(worker_init, main_pid=os.getpid()))
+    assert list(loader) == [1]

@@ -90,10 +90,14 @@ def built_jobs(covering, num_workers):
     model runs on the previous ones."""
     if num_workers == 0:
         return (covering.build(job) for job in covering.jobs)
-    from ..training.samplers import worker_context
+    import functools
+    import os
+
+    from ..training.samplers import worker_context, worker_init
     return iter(torch.utils.data.DataLoader(
         _Jobs(covering), batch_size=None, shuffle=False,
         num_workers=num_workers, multiprocessing_context=worker_context(),
+        worker_init_fn=functools.partial(worker_init, main_pid=os.getpid()),
         collate_fn=_as_built))
 
 

@@ -396,7 +396,7 @@ class SphereDataset(TorchDataloader):
 
 
 def worker_init(worker_id, main_pid=None):
-    """Leave Ctrl-C to the main process, and end with it.
+    """Leave Ctrl-C to the main process, end with it, and use one core.
 
     A terminal sends SIGINT to the whole process group, and a worker that
     died of it would make the main process fail with "DataLoader worker
@@ -409,7 +409,13 @@ def worker_init(worker_id, main_pid=None):
     """
     import signal
     import threading
+
+    import open3d
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker is one core's worth of work: torch gives it one thread, and
+    # Open3D's radius searches (TBB) would otherwise spread over every core
+    # and take the training step's.
+    open3d.utility.set_max_threads(1)
     if main_pid is not None:
         threading.Thread(target=_exit_with, args=(main_pid,), daemon=True,
                          name='ncm-main-watch').start()

@@ -80,9 +80,9 @@ class PipelineOptions:
         non-finite one stops the run, naming the step and the term) and,
         under torchrun, the ranks agree on a stop request. Each is a wait for
         the device, so not every step.
-    test_votes: coverings of each test cloud averaged by the test split of
-        KPConv models (vote 0 as is, the others turned, scaled and flipped
-        as the model's augmentation settings say, seeded; see
+    test_votes: coverings of each test cloud averaged by the test split
+        (every backbone but PVCNN; vote 0 as is, the others turned, scaled
+        and flipped as the model's augmentation settings say, seeded; see
         inference/engine.py); 1 = one covering.
     deterministic: torch.use_deterministic_algorithms for the run (and, on
         CUDA, cuDNN's deterministic kernels). Sphere choices and their

@@ -358,7 +358,7 @@ def stage_wrappers(stages, model_class):
     from open3d._ml3d.torch.models import kpconv
     from open3d._ml3d.utils import dataset_helper
 
-    from ...training import batcher, items, samplers
+    from ...training import batcher, items, radius_search, samplers
     stock = model_class.stock_class() if hasattr(model_class, 'stock_class') \
         else model_class
     timed = stages.timed
@@ -413,11 +413,6 @@ def stage_wrappers(stages, model_class):
     def stage(name):
         return lambda function: timed(name, function)
 
-    requested = getattr(samplers, 'RequestedSphere', None)
-    try:  # the plugin's own radius searches, where the batcher has them
-        from ...training import radius_search
-    except ImportError:
-        radius_search = None
     candidates = [
         (SharedSpatiallyRegularSampler, 'next_request', stage('sphere choice')),
         (SharedSpatiallyRegularSampler, '_cloud', choice_cloud),
@@ -428,7 +423,6 @@ def stage_wrappers(stages, model_class):
         (dataset_helper.Cache, '_read', counted_read),
         (stock, 'preprocess', stage('preprocess')),
         (stock, 'transform', cloud_transform),
-        (requested, '__call__', lambda call: timed_crop(stages, call)),
         (SemSegRandomSampler, 'get_point_sampler', random_sampler),
         (kpconv.KPFCNN, 'augmentation_transform', stage('augmentation')),
         (kpconv, 'trans_normalize', stage('normalisation')),
@@ -523,8 +517,10 @@ def stage_rows(layers):
             ('sphere choice, main process (plugin)', 'sphere choice', 1),
             ('radius query (sphere choice)', 'choice query', 2),
             ('coverage update, rest', ('sphere choice', 'choice query'), 2),
-            ('item request set-up: seeding (plugin)',
-             ('request', 'item'), 1),
+            # The plugin's request: seeding, and (without Open3D-ML's item)
+            # the sphere's rows cut from the memory-mapped cloud.
+            ('item request set-up: seeding, crop (plugin)',
+             ('request', 'item|transform'), 1),
             ('item: cloud read + transform', 'item', 1),
             ('cloud read: Open3D-ML Cache (np.load of the whole cloud)',
              'cache', 2),

@@ -78,6 +78,35 @@ def test_nearest_first_puts_the_nearest_lowest_index_in_column_0():
                        torch.sort(upsamples, 1).values)
 
 
+@pytest.mark.parametrize('sorted_rows', [False, True])
+def test_nearest_first_matches_a_loop_over_rows_with_many_ties(sorted_rows):
+    """Integer coordinates: exact distances, many equally near points."""
+    rng = np.random.default_rng(5)
+    supports = rng.integers(0, 4, (200, 3)).astype(np.float32)
+    queries = rng.integers(0, 4, (700, 3)).astype(np.float32)
+    upsamples = np.stack([np.concatenate([
+        rng.choice(200, rng.integers(0, 10), replace=False),
+        np.full(10, 200)])[:10] for _ in range(700)])
+    rng.permuted(upsamples, axis=1, out=upsamples)
+    if sorted_rows:
+        upsamples.sort(axis=1)
+    ordered = nearest_first(torch.from_numpy(upsamples),
+                            torch.from_numpy(queries),
+                            torch.from_numpy(supports),
+                            sorted_rows=sorted_rows, rows=64).numpy()
+    for row, query, out in zip(upsamples, queries, ordered):
+        real = [int(i) for i in row if i < 200]
+        if not real:
+            assert (out == 200).all()
+            continue
+        distance2 = [float(np.sum((supports[i] - query) ** 2)) for i in real]
+        best = min(i for i, d in zip(real, distance2) if d == min(distance2))
+        expected = list(row)
+        where = expected.index(best)
+        expected[0], expected[where] = expected[where], expected[0]
+        assert list(out) == expected
+
+
 def test_the_ncm_knn_lists_come_with_the_batch():
     model = NCMKPFCNN(**{**TINY_MODEL, 'ncm': {'weight': 1.0, 'k': 4,
                                                'neighborhood': 'knn'}})

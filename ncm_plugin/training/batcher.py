@@ -71,7 +71,8 @@ def sort_rows(neighbors):
     return torch.sort(neighbors, dim=1).values
 
 
-def nearest_first(upsamples, queries, supports, rows=4096):
+def nearest_first(upsamples, queries, supports, sorted_rows=False,
+                  rows=4096):
     """upsamples [N, K] (indices into supports [M, 3], shadow M) with each
     row's nearest support point (of those, the lowest index) in column 0.
 
@@ -81,24 +82,34 @@ def nearest_first(upsamples, queries, supports, rows=4096):
     arbitrary point within the radius, differently from run to run. One
     pass over the rows, no sort, `rows` rows at a time and one coordinate
     at a time (the [rows, K] blocks stay in the cache: twice as fast as
-    [N, K, 3] at once, the same squared distances to the bit)."""
+    [N, K, 3] at once). sorted_rows: every row ascending (`sort_rows`), so
+    the first of the nearest is the lowest index and ties need no check."""
     never = torch.iinfo(upsamples.dtype).max
     coordinates = [torch.cat([supports[:, axis], supports.new_full(
         (1,), float('inf'))]) for axis in range(3)]
     ordered = upsamples.clone()
+    width = upsamples.shape[1]
     for start in range(0, len(upsamples), rows):
         block = upsamples[start:start + rows]
-        index = block.long()
+        count, flat = len(block), block.reshape(-1)
         query = queries[start:start + rows]
-        distance2 = (coordinates[0][index] - query[:, :1]).square_()
+        distance2 = (coordinates[0].index_select(0, flat).view(count, width)
+                     - query[:, :1]).square_()
         for axis in (1, 2):
-            distance2 += (coordinates[axis][index] -
-                          query[:, axis:axis + 1]).square_()
-        nearest = distance2.min(dim=1, keepdim=True).values
-        first = torch.where(distance2 == nearest, block,
-                            torch.full_like(block, never)).min(
-                                dim=1, keepdim=True).values
-        where = (block == first).to(torch.uint8).argmax(dim=1, keepdim=True)
+            distance2 += (coordinates[axis].index_select(0, flat).view(
+                count, width) - query[:, axis:axis + 1]).square_()
+        # The first of the row's minima (torch.min's documented choice).
+        nearest, where = distance2.min(dim=1, keepdim=True)
+        first = block.gather(1, where)
+        if not sorted_rows:
+            lowest = torch.where(distance2 == nearest, block,
+                                 torch.full_like(block, never)).min(
+                                     dim=1, keepdim=True).values
+            tied = torch.nonzero(lowest[:, 0] != first[:, 0]).squeeze(1)
+            if len(tied):
+                where[tied] = (block[tied] == lowest[tied]).to(
+                    torch.uint8).argmax(dim=1, keepdim=True)
+                first = lowest
         out = ordered[start:start + rows]
         out.scatter_(1, where, block[:, :1])
         out[:, :1] = first
@@ -143,7 +154,8 @@ class NCMConcatBatcher(ConcatBatcher):
             batch.pools = [sort_rows(n) for n in batch.pools]
             batch.upsamples = [sort_rows(n) for n in batch.upsamples]
         batch.upsamples = [
-            nearest_first(up, batch.points[layer], batch.points[layer + 1])
+            nearest_first(up, batch.points[layer], batch.points[layer + 1],
+                          sorted_rows=self.sort_neighbors)
             if up.shape[0] else up for layer, up in enumerate(batch.upsamples)]
         if self.ncm_knn is not None:
             layer, k = self.ncm_knn

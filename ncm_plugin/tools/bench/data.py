@@ -660,6 +660,7 @@ def conditions(args):
             'affinity': affinity(),
             'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS'),
             'torch_threads': torch.get_num_threads(),
+            'open3d_threads': args.threads,
             'batches': args.batches, 'repeats': args.repeats,
             'warmup': args.warmup, 'seed': args.seed,
             'load_average': os.getloadavg()}

@@ -241,8 +241,9 @@ def main(argv=None):
     parser.add_argument('--workers', type=int, default=os.cpu_count(),
                         help='convert: processes of the plugin conversion')
     parser.add_argument('--threads', type=int,
-                        help="torch's CPU threads (default: torch's choice); "
-                        "1 gives steadier figures on a shared machine")
+                        help="torch's and Open3D's CPU threads (default: "
+                        "their choice); 1 gives steadier figures on a shared "
+                        "machine, and with --pin-core the rate of one core")
     parser.add_argument('--epochs', type=int, default=4,
                         help='epoch: epochs a run (the first is not timed)')
     parser.add_argument('--backbones', nargs='+',
@@ -265,6 +266,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+        # Open3D's radius searches run on TBB's pool, all cores by default.
+        import open3d
+        open3d.utility.set_max_threads(args.threads)
     if args.probe_weight is not None:
         return probe(args)
     from . import backbones, convert, data, epoch, scaling, throughput

@@ -63,7 +63,7 @@ from .samplers import (SharedSpatiallyRegularSampler, SphereDataset,
                        SphereRequests, preprocessed_cloud, worker_context,
                        worker_init)
 from .totals import EpochTiming, EpochTotals, NonFiniteLoss
-from .watchdog import Watchdog, worker_errors
+from .watchdog import Watchdog, WorkerDied, started, worker_errors
 
 log = logging.getLogger(__name__)
 
@@ -378,16 +378,10 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         self.precision.backward_and_step(loss, self.optimizer,
                                          self.model.parameters(), clip)
 
-    def _run_epoch(self, loader, sampler, loss_fn, train, epoch, skip=0):
-        """One pass over a loader, less its first `skip` batches.
-
-        Returns ({term: mean over steps and ranks}, batches done): fewer than
-        len(loader) when a stop was requested (SIGINT/SIGTERM).
-        """
-        model, metric = self.model, (self.metric_train
-                                     if train else self.metric_val)
-        forward = self.train_model if train else model
-        model.train(train)
+    def _start_epoch(self, loader, sampler, train, epoch, skip=0):
+        """`loader`'s iterator for `epoch` less its first `skip` batches,
+        its sampler set up as the epoch begins."""
+        model = self.model
         if isinstance(sampler, SharedSpatiallyRegularSampler):
             sampler.start_epoch(epoch)
             if train:
@@ -399,6 +393,44 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             loader.sampler.skip(skip * loader.batch_size)
         else:
             model.trans_point_sampler = sampler.get_point_sampler()
+        return started(loader, 'training' if train else 'validation', epoch)
+
+    def _start_ahead(self, loader, sampler, train, epoch):
+        """Start `epoch` of a loader with workers before its turn: its
+        workers, idle since their last batch, build its first batches
+        while the main process finishes the phase before (the first batch
+        of every phase would otherwise be waited for in full). Without
+        workers nothing is built before it is asked for: no-op."""
+        if loader is None or loader.num_workers == 0:
+            return
+        try:
+            batches = self._start_epoch(loader, sampler, train, epoch)
+        except WorkerDied as died:
+            # Raised when the epoch's turn comes: the phase before it ends
+            # first, and is saved.
+            batches = died
+        self._started_ahead['train' if train else 'valid'] = (epoch, batches)
+
+    def _run_epoch(self, loader, sampler, loss_fn, train, epoch, skip=0,
+                   before_last_step=None):
+        """One pass over a loader, less its first `skip` batches;
+        `before_last_step()` runs once the last batch has arrived (it starts
+        the next phase ahead).
+
+        Returns ({term: mean over steps and ranks}, batches done): fewer than
+        len(loader) when a stop was requested (SIGINT/SIGTERM).
+        """
+        model, metric = self.model, (self.metric_train
+                                     if train else self.metric_val)
+        forward = self.train_model if train else model
+        model.train(train)
+        ahead = self._started_ahead.pop('train' if train else 'valid', None)
+        if ahead is not None and ahead[0] == epoch and skip == 0:
+            batches = ahead[1]
+            if isinstance(batches, WorkerDied):
+                raise batches
+        else:
+            batches = self._start_epoch(loader, sampler, train, epoch, skip)
         stage = 'train' if train else 'valid'
         phase = 'training' if train else 'validation'
         totals = EpochTotals(model.cfg.num_classes, self.device, phase, epoch)
@@ -408,9 +440,11 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         timing = EpochTiming(phase, epoch)
         with torch.set_grad_enabled(train):
             for inputs in tqdm(timing.wrap(worker_errors(
-                    loader, todo, phase, epoch)), total=todo,
+                    batches, todo, loader, phase, epoch)), total=todo,
                                desc=phase, disable=not self.ranks.primary):
                 batch = inputs['data']
+                if before_last_step is not None and done == len(loader) - 1:
+                    before_last_step()
                 if train and not self._spheres_checked and \
                         isinstance(model, KPFCNN):
                     self._check_spheres(loader, inputs, sampler)
@@ -619,6 +653,8 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             first_epoch, skip = self._resume()
             self.train_model = self._wrap_model()
             self._spheres_checked = False
+            # {'train' or 'valid': (epoch, its iterator)} started ahead.
+            self._started_ahead = {}
             with self.stop.installed(), self.watchdog:
                 self._train_epochs(first_epoch, skip, writer, train_loader,
                                    train_sampler, valid_loader, valid_sampler)
@@ -653,13 +689,19 @@ class NCMSemanticSegmentation(SemanticSegmentation):
             self.metric_val.reset()
             train_terms, done = self._run_epoch(
                 train_loader, train_sampler, self.loss, True, epoch,
-                skip=skip if epoch == first_epoch else 0)
+                skip=skip if epoch == first_epoch else 0,
+                before_last_step=functools.partial(
+                    self._start_ahead, valid_loader, valid_sampler, False,
+                    epoch))
             if done < len(train_loader):
                 self.save_ckpt(epoch, steps_done=done)
                 log.info("Stopped at batch %d of %d of epoch %d", done,
                          len(train_loader), epoch)
                 return
             self.scheduler.step()
+            if epoch < cfg.max_epoch:
+                # Its first batches are built during the validation.
+                self._start_ahead(train_loader, train_sampler, True, epoch + 1)
             if self.distributed:
                 # Every rank validates (and rank 0 saves) rank 0's batch-norm
                 # running statistics.
@@ -792,14 +834,16 @@ class NCMSemanticSegmentation(SemanticSegmentation):
         return settings
 
     def _sampler_states(self, mid_epoch):
-        """{split: coverage state} of this rank's samplers; in the middle of
-        an epoch the training one as the epoch began (the resume replays
-        the epoch's draws up to where it stopped)."""
+        """{split: coverage state} of this rank's samplers; the training one
+        as its latest epoch began: in the middle of an epoch the resume
+        replays the epoch's draws up to where it stopped, and a next epoch
+        started ahead (`_start_ahead`) has drawn its first spheres already."""
         states = {}
+        ahead = 'train' in getattr(self, '_started_ahead', {})
         for split, sampler in self._samplers.items():
             if isinstance(sampler, SharedSpatiallyRegularSampler):
                 states[split] = (self._epoch_start_sampler
-                                 if mid_epoch and split == 'train'
+                                 if (mid_epoch or ahead) and split == 'train'
                                  else sampler.state_dict())
         return states
 

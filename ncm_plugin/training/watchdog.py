@@ -7,7 +7,9 @@ on a cluster waits until its allocation runs out, saying nothing.
 
 A DataLoader worker that died (killed, out of memory) is noticed by torch
 itself within seconds (the loaders have no `timeout`, so torch polls its
-workers): `worker_errors` turns that into a WorkerDied naming the loader."""
+workers): `worker_errors` and `started` turn that into a WorkerDied naming
+the loader."""
+import contextlib
 import faulthandler
 import os
 import sys
@@ -73,13 +75,26 @@ class WorkerDied(RuntimeError):
     """A DataLoader worker ended while the loop waited for its batch."""
 
 
-def worker_errors(loader, count, phase, epoch):
-    """The first `count` batches of `loader`; a worker that died (killed,
-    out of memory) becomes a WorkerDied naming the loader and what to do,
-    whether torch notices it while waiting for a batch or when a new epoch
-    starts its persistent workers again."""
+def worker_errors(batches, count, loader, phase, epoch):
+    """The first `count` of `batches` (an iterator of `loader`, see
+    `started`); a worker that died (killed, out of memory) becomes a
+    WorkerDied naming the loader and what to do."""
+    with worker_deaths(loader, phase, epoch):
+        yield from islice(batches, count)
+
+
+def started(loader, phase, epoch):
+    """iter(loader), a worker death noticed as the epoch starts its
+    persistent workers again becoming a WorkerDied; with workers, they start
+    building the epoch's first batches at once."""
+    with worker_deaths(loader, phase, epoch):
+        return iter(loader)
+
+
+@contextlib.contextmanager
+def worker_deaths(loader, phase, epoch):
     try:
-        yield from islice(loader, count)
+        yield
     except RuntimeError as error:
         if 'DataLoader worker' not in str(error):
             raise

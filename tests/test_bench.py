@@ -110,3 +110,12 @@ def test_worker_variants_time_whole_rounds_of_their_workers():
     assert [whole_rounds(n, 2) for n in (1, 2, 3, 10)] == [2, 2, 4, 10]
     assert [whole_rounds(n, w) for n, w in ((3, 0), (3, 1), (0, 2))] == \
         [3, 3, 0]
+
+
+def test_the_epoch_bench_runs_the_variants_named_by_position():
+    from ncm_plugin.tools.bench.epoch import VARIANTS, chosen
+    assert chosen(None) == VARIANTS
+    assert [name for name, _, _ in chosen(['4', '5'])] == [
+        'plugin, 0 workers, NCM weight 0', 'stock run_train, 0 workers']
+    with pytest.raises(SystemExit, match=r"--variants: positions 1-5"):
+        chosen(['6'])

@@ -24,6 +24,7 @@ VARIANTS = (('plugin, 0 workers', 0, None), ('plugin, 1 worker', 1, None),
             ('plugin, 2 workers', 2, None),
             ('plugin, 0 workers, NCM weight 0', 0, 0.0),
             ('stock run_train, 0 workers', None, None))
+STOCK = 'stock run_train, 0 workers'
 
 
 def variant_config(config, dataset_path, workers, epochs, log_dir,
@@ -72,6 +73,18 @@ def timed_run(cfg, seed):
     return seconds, spheres, wait
 
 
+def chosen(names):
+    """The VARIANTS whose position (1-5) is in `names`, all for None: a
+    pair measured with more repeats in the same time."""
+    if not names:
+        return VARIANTS
+    try:
+        return tuple(VARIANTS[int(n) - 1] for n in names)
+    except (ValueError, IndexError):
+        raise SystemExit(f"--variants: positions 1-{len(VARIANTS)} of "
+                         f"{[name for name, _, _ in VARIANTS]}, got {names}")
+
+
 def run(args):
     config = args.config if args.config != 'ncm_kpconv_s3dis.yml' \
         else 'ncm_kpconv_demo.yml'
@@ -80,9 +93,10 @@ def run(args):
         from ...datasets.s3dis.synthetic import write_demo_s3dis
         dataset_path = Path(tempfile.mkdtemp(prefix='ncm_bench_')) / 's3dis'
         write_demo_s3dis(dataset_path, seed=args.seed)
-    results = {name: [] for name, _, _ in VARIANTS}
+    variants = chosen(getattr(args, 'variants', None))
+    results = {name: [] for name, _, _ in variants}
     for repeat in range(args.repeats):
-        for name, workers, weight in VARIANTS:
+        for name, workers, weight in variants:
             cfg = variant_config(config, dataset_path, workers, args.epochs,
                                  tempfile.mkdtemp(prefix='ncm_epoch_'), weight)
             results[name].append(timed_run(cfg, args.seed))
@@ -97,14 +111,23 @@ def run(args):
         summary[name] = {'spheres_per_s': rate,
                          'data_wait': statistics.median(waits) if waits
                          else None}
-    stock = summary['stock run_train, 0 workers']['spheres_per_s']
+    stock = summary.get(STOCK, {}).get('spheres_per_s', float('nan'))
+    for name, row in summary.items():
+        # Each repeat's variants ran within minutes of each other: the
+        # median of their ratios is less exposed to the machine's drift.
+        row['paired_vs_stock'] = statistics.median(
+            (s / t) / (ss / st) for (t, s, _), (st, ss, _) in
+            zip(results[name], results[STOCK])) if STOCK in results \
+            else float('nan')
     print(f"\n{config}, {args.epochs} epochs a run ({args.epochs - 1} timed), "
           f"{args.repeats} repeat(s), medians:")
     print("| variant | spheres/s (training + validation) | vs stock | "
-          "waiting for data |\n| --- | --- | --- | --- |")
+          "vs stock, paired | waiting for data |\n"
+          "| --- | --- | --- | --- | --- |")
     for name, row in summary.items():
         wait = row['data_wait']
         print(f"| {name} | {row['spheres_per_s']:.2f} | "
               f"{row['spheres_per_s'] / stock:.2f}x | "
+              f"{row['paired_vs_stock']:.2f}x | "
               f"{'-' if wait is None else f'{100 * wait:.0f} %'} |")
     return summary

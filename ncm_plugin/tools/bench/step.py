@@ -246,6 +246,10 @@ def main(argv=None):
                         "machine, and with --pin-core the rate of one core")
     parser.add_argument('--epochs', type=int, default=4,
                         help='epoch: epochs a run (the first is not timed)')
+    parser.add_argument('--variants', nargs='+',
+                        help='epoch: the variants to run, by position (1: '
+                        'plugin 0 workers, 2: 1 worker, 3: 2 workers, 4: 0 '
+                        'workers NCM weight 0, 5: stock; default all)')
     parser.add_argument('--backbones', nargs='+',
                         help='backbones: the configs to measure (default: '
                         'one per backbone, its S3DIS or ScanNet config)')

@@ -70,6 +70,9 @@ class NCMTerm:
     # Description of the backbone's own neighbor lists (neighborhood:
     # 'model'), None when it has none.
     own_neighbors = None
+    # The stock preprocess draws no random number: a training item's cloud
+    # may be preprocessed once per process (training/items.py, KeptClouds).
+    deterministic_preprocess = False
 
     def __init__(self, name=None, ncm=None, **kwargs):
         ncm_cfg = NCMConfig.from_dict(ncm)

@@ -16,6 +16,7 @@ class NCMPointTransformer(NCMTerm, PointTransformer):
     and not kept, so the neighborhood is 'knn', built when the batch is
     collated.
     """
+    deterministic_preprocess = True  # grid subsampling and a KD-tree
 
     def ncm_collate(self, batch):
         if self.ncm_active:

@@ -16,6 +16,7 @@ class NCMRandLANet(NCMTerm, RandLANet):
     built when the batch is collated.
     """
     own_neighbors = "RandLA-Net's first-layer kNN lists (neighbor_indices[0])"
+    deterministic_preprocess = True  # grid subsampling and a KD-tree
 
     def ncm_collate(self, batch):
         if self.ncm_active and self.ncm_loss.cfg.neighborhood == 'knn':

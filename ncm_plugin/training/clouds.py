@@ -22,6 +22,7 @@ run ends (a run killed by SIGKILL leaves it: `ncm_clouds_*`).
 import shutil
 import tempfile
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,47 @@ class CloudStore:
 
     def __setstate__(self, state):
         self.__dict__.update(state, _open={}, _remove=None)
+
+
+# Per process (the main one and each DataLoader worker): bytes of arrays of
+# the preprocessed clouds KeptClouds keeps.
+KEPT_BYTES = 2 ** 30
+
+
+class KeptClouds:
+    """The preprocessed clouds this process has made, the most
+    recently used kept up to `limit` bytes of arrays (search trees not
+    counted): for the backbones whose items read a whole cloud and whose
+    preprocess draws nothing (RandLA-Net, PointTransformer), where
+    Open3D-ML preprocesses the whole cloud again for every item (or, with
+    its cache, reads it whole). Each `get` gives fresh copies of the arrays:
+    a transform may write into what it gets."""
+
+    def __init__(self, limit=KEPT_BYTES):
+        self.limit, self.bytes, self.clouds = int(limit), 0, OrderedDict()
+
+    def get(self, key, make):
+        """The cloud of `key` (its index in the split), made by `make()`
+        the first time."""
+        data = self.clouds.get(key)
+        if data is None:
+            data = make()
+            size = sum(v.nbytes for v in data.values()
+                       if isinstance(v, np.ndarray))
+            if size <= self.limit:
+                self.clouds[key], self.bytes = data, self.bytes + size
+                while self.bytes > self.limit:
+                    _, old = self.clouds.popitem(last=False)
+                    self.bytes -= sum(v.nbytes for v in old.values()
+                                      if isinstance(v, np.ndarray))
+        else:
+            self.clouds.move_to_end(key)
+        return {key: value.copy() if isinstance(value, np.ndarray) else value
+                for key, value in data.items()}
+
+    def __getstate__(self):
+        # A worker starts with none: it makes and keeps its own.
+        return {'limit': self.limit}
+
+    def __setstate__(self, state):
+        self.__init__(state['limit'])

@@ -22,6 +22,7 @@ import torch
 from open3d._ml3d.datasets.samplers import SemSegRandomSampler
 from open3d._ml3d.torch.dataloaders import TorchDataloader
 
+from .clouds import KeptClouds
 from .samplers import data_model, preprocessed_by, seeded, sphere_seed
 
 
@@ -88,6 +89,10 @@ class SeededItemDataset(TorchDataloader):
     def __init__(self, *args, model=None, **kwargs):
         self.model = model
         super().__init__(*args, transform=model.transform, **kwargs)
+        # The preprocessed clouds, for models whose preprocess draws nothing
+        # (`deterministic_preprocess`): made once per process, not per item.
+        self.kept = KeptClouds() if getattr(
+            model, 'deterministic_preprocess', False) else None
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -103,7 +108,26 @@ class SeededItemDataset(TorchDataloader):
         self.model.trans_point_sampler = SemSegRandomSampler.get_point_sampler()
         self.model.rng = np.random.default_rng(request.seed)
         with seeded(request.seed), as_main_process():
-            item = super().__getitem__(request.cloud)
+            if self.kept is None:
+                item = super().__getitem__(request.cloud)
+            else:
+                item = self._item_of_kept_cloud(request.cloud)
         # The batcher seeds its draws from its items' seeds (batch_seed).
         item['attr'] = {**item['attr'], 'sphere_seed': request.seed}
         return item
+
+    def _item_of_kept_cloud(self, index):
+        """TorchDataloader's item, the preprocessed cloud from `kept`."""
+        dataset = self.dataset
+        index = index % len(dataset)
+        attr = dataset.get_attr(index)
+
+        def preprocessed():
+            if self.cache_convert:
+                return self.cache_convert(attr['name'])
+            if self.preprocess is None:
+                return dataset.get_data(index)
+            return self.preprocess(dataset.get_data(index), attr)
+
+        data = self.kept.get(index, preprocessed)
+        return {'data': self.transform(data, attr), 'attr': attr}

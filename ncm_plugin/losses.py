@@ -176,6 +176,15 @@ def checked_class_indices(labels, num_classes, ignored_label_inds):
     return indices, valid
 
 
+def row_splits(counts):
+    """[B + 1] int64 row splits (0, then running totals) of `counts` points
+    per cloud, as Open3D's neighbour searches take them, on the CPU."""
+    counts = torch.as_tensor(counts).cpu().long()
+    splits = torch.zeros(counts.numel() + 1, dtype=torch.int64)
+    splits[1:] = torch.cumsum(counts, 0)
+    return splits
+
+
 def knn_neighbors(points, lengths, k):
     """k nearest neighbors of every point inside its own cloud.
 
@@ -188,8 +197,7 @@ def knn_neighbors(points, lengths, k):
     # kernel in every build (Open3D-ML issue 643).
     device = points.device
     points = points.detach().float().cpu().contiguous()
-    splits = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
-    splits[1:] = torch.cumsum(lengths.cpu().long(), 0)
+    splits = row_splits(lengths)
     # knn_search counts the query point among the k before dropping it.
     result = knn_search(points, points, k + 1, splits, splits,
                         ignore_query_point=True)

@@ -65,46 +65,46 @@ def test_upsampling_takes_the_nearest_point():
         nearest[has_neighbor], rtol=1e-5)
 
 
-def test_nearest_first_puts_the_nearest_lowest_index_in_column_0():
-    supports = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [1.0, 0, 0],
-                             [1.0, 0, 0]])
-    queries = torch.tensor([[1.0, 0, 0], [0.1, 0, 0], [5.0, 0, 0]])
-    upsamples = torch.tensor([[4, 3, 1, 2],    # 2 and 3 both at 0: 2
-                              [1, 4, 0, 2],    # 0 nearest
+def test_nearest_first_swaps_the_nearest_into_column_0_in_place():
+    upsamples = torch.tensor([[4, 3, 1, 2],
+                              [1, 4, 0, 2],
                               [4, 4, 4, 4]])   # 4 = shadow only
-    ordered = nearest_first(upsamples, queries, supports)
-    assert ordered[:, 0].tolist() == [2, 0, 4]
-    assert torch.equal(torch.sort(ordered, 1).values,
-                       torch.sort(upsamples, 1).values)
+    # Nearest 2 (column 3), 1 (already first), none (the shadow, column 0).
+    ordered = nearest_first(upsamples, torch.tensor([2, 1, 4]),
+                            torch.tensor([3, 0, 0]))
+    assert ordered is upsamples
+    assert ordered.tolist() == [[2, 3, 1, 4], [1, 4, 0, 2], [4, 4, 4, 4]]
 
 
-@pytest.mark.parametrize('sorted_rows', [False, True])
-def test_nearest_first_matches_a_loop_over_rows_with_many_ties(sorted_rows):
-    """Integer coordinates: exact distances, many equally near points."""
-    rng = np.random.default_rng(5)
-    supports = rng.integers(0, 4, (200, 3)).astype(np.float32)
-    queries = rng.integers(0, 4, (700, 3)).astype(np.float32)
-    upsamples = np.stack([np.concatenate([
-        rng.choice(200, rng.integers(0, 10), replace=False),
-        np.full(10, 200)])[:10] for _ in range(700)])
-    rng.permuted(upsamples, axis=1, out=upsamples)
-    if sorted_rows:
-        upsamples.sort(axis=1)
-    ordered = nearest_first(torch.from_numpy(upsamples),
-                            torch.from_numpy(queries),
-                            torch.from_numpy(supports),
-                            sorted_rows=sorted_rows, rows=64).numpy()
-    for row, query, out in zip(upsamples, queries, ordered):
-        real = [int(i) for i in row if i < 200]
-        if not real:
-            assert (out == 200).all()
+def test_nearest_first_finds_the_column_in_sorted_rows():
+    upsamples = torch.tensor([[0, 2, 5, 6, 9],
+                              [3, 9, 9, 9, 9],
+                              [9, 9, 9, 9, 9]])  # 9 = shadow
+    ordered = nearest_first(upsamples, torch.tensor([5, 3, 9]))
+    assert ordered.tolist() == [[5, 2, 0, 6, 9], [3, 9, 9, 9, 9],
+                                [9, 9, 9, 9, 9]]
+
+
+@pytest.mark.parametrize('sort_neighbors', [False, True])
+def test_every_upsampling_row_starts_with_its_nearest_point(sort_neighbors):
+    model = NCMKPFCNN(**{**TINY_MODEL, 'ncm': {'weight': 1.0}})
+    batch = NCMConcatBatcher(sort_neighbors=sort_neighbors).collate_fn(
+        items(model))['data']
+    for layer, upsamples in enumerate(batch.upsamples):
+        if not upsamples.shape[0]:
             continue
-        distance2 = [float(np.sum((supports[i] - query) ** 2)) for i in real]
-        best = min(i for i, d in zip(real, distance2) if d == min(distance2))
-        expected = list(row)
-        where = expected.index(best)
-        expected[0], expected[where] = expected[where], expected[0]
-        assert list(out) == expected
+        fine = batch.points[layer].numpy()
+        coarse = batch.points[layer + 1].numpy()
+        for query, row in zip(fine[::7], upsamples.numpy()[::7]):
+            real = sorted(int(i) for i in row if i < len(coarse))
+            if not real:
+                assert (row == len(coarse)).all()
+                continue
+            distance2 = [float(((coarse[i][0] - query[0]) ** 2
+                                + (coarse[i][1] - query[1]) ** 2)
+                               + (coarse[i][2] - query[2]) ** 2)
+                         for i in real]
+            assert row[0] == real[distance2.index(min(distance2))]
 
 
 def test_the_ncm_knn_lists_come_with_the_batch():

@@ -71,48 +71,23 @@ def sort_rows(neighbors):
     return torch.sort(neighbors, dim=1).values
 
 
-def nearest_first(upsamples, queries, supports, sorted_rows=False,
-                  rows=4096):
-    """upsamples [N, K] (indices into supports [M, 3], shadow M) with each
-    row's nearest support point (of those, the lowest index) in column 0.
+def nearest_first(upsamples, nearest, column=None):
+    """upsamples [N, K] (indices into the coarser layer's points, shadow M)
+    with each row's nearest point `nearest` [N] swapped into column 0, in
+    place; `column` [N]: where it is in its row (None: the rows are sorted,
+    `sort_rows`, and it is found by a binary search).
 
     KPConv's nearest upsampling takes the first neighbor as the nearest (its
     `closest_pool` says so and reads column 0 only); Open3D's radius search
     returns them in hash-grid order, so the stock batcher upsamples from an
-    arbitrary point within the radius, differently from run to run. One
-    pass over the rows, no sort, `rows` rows at a time and one coordinate
-    at a time (the [rows, K] blocks stay in the cache: twice as fast as
-    [N, K, 3] at once). sorted_rows: every row ascending (`sort_rows`), so
-    the first of the nearest is the lowest index and ties need no check."""
-    never = torch.iinfo(upsamples.dtype).max
-    coordinates = [torch.cat([supports[:, axis], supports.new_full(
-        (1,), float('inf'))]) for axis in range(3)]
-    ordered = upsamples.clone()
-    width = upsamples.shape[1]
-    for start in range(0, len(upsamples), rows):
-        block = upsamples[start:start + rows]
-        count, flat = len(block), block.reshape(-1)
-        query = queries[start:start + rows]
-        distance2 = (coordinates[0].index_select(0, flat).view(count, width)
-                     - query[:, :1]).square_()
-        for axis in (1, 2):
-            distance2 += (coordinates[axis].index_select(0, flat).view(
-                count, width) - query[:, axis:axis + 1]).square_()
-        # The first of the row's minima (torch.min's documented choice).
-        nearest, where = distance2.min(dim=1, keepdim=True)
-        first = block.gather(1, where)
-        if not sorted_rows:
-            lowest = torch.where(distance2 == nearest, block, never).min(
-                dim=1, keepdim=True).values
-            tied = torch.nonzero(lowest[:, 0] != first[:, 0]).squeeze(1)
-            if len(tied):
-                where[tied] = (block[tied] == lowest[tied]).to(
-                    torch.uint8).argmax(dim=1, keepdim=True)
-                first = lowest
-        out = ordered[start:start + rows]
-        out.scatter_(1, where, block[:, :1])
-        out[:, :1] = first
-    return ordered
+    arbitrary point within the radius, differently from run to run. The
+    nearest of each row comes from its search (radius_search.Searches)."""
+    if column is None:
+        column = torch.searchsorted(upsamples, nearest[:, None])[:, 0]
+    head = upsamples[:, 0].clone()
+    upsamples[torch.arange(len(upsamples)), column] = head
+    upsamples[:, 0] = nearest
+    return upsamples
 
 
 class NCMConcatBatcher(ConcatBatcher):
@@ -141,7 +116,7 @@ class NCMConcatBatcher(ConcatBatcher):
     def collate_fn(self, batches):
         seed = batch_seed(batches)
         with seeded(seed) if seed is not None else \
-                contextlib.nullcontext(), sized_hash_tables():
+                contextlib.nullcontext(), sized_hash_tables() as searches:
             out = super().collate_fn(batches)
         # The items' attributes (the stock batcher drops them): the sphere
         # check reads which cloud each sphere is of.
@@ -152,10 +127,13 @@ class NCMConcatBatcher(ConcatBatcher):
             batch.neighbors = [sort_rows(n) for n in batch.neighbors]
             batch.pools = [sort_rows(n) for n in batch.pools]
             batch.upsamples = [sort_rows(n) for n in batch.upsamples]
-        batch.upsamples = [
-            nearest_first(up, batch.points[layer], batch.points[layer + 1],
-                          sorted_rows=self.sort_neighbors)
-            if up.shape[0] else up for layer, up in enumerate(batch.upsamples)]
+        for layer, upsamples in enumerate(batch.upsamples):
+            if upsamples.shape[0]:
+                nearest, column = searches.nearest_of(
+                    batch.points[layer], batch.points[layer + 1],
+                    upsamples.shape[1])
+                nearest_first(upsamples, nearest,
+                              None if self.sort_neighbors else column)
         if self.ncm_knn is not None:
             layer, k = self.ncm_knn
             batch.ncm_neighbors = knn_neighbors(batch.points[layer],

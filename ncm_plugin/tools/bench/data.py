@@ -431,8 +431,10 @@ def stage_wrappers(stages, model_class):
          lambda function: timed(subsampling, function)),
         (concat_batcher, 'batch_neighbors',
          lambda function: timed(neighbours, function)),
-        (radius_search, 'batch_neighbors',
-         lambda function: timed(neighbours, function)),
+        (radius_search.Searches, 'batch_neighbors',
+         lambda function: timed(
+             lambda searches, *args: neighbours(*args), function)),
+        (radius_search, 'nearest_in_rows', stage('nearest in rows')),
         (batcher, 'sort_rows', stage('sort rows')),
         (batcher, 'nearest_first', stage('nearest first')),
         (batcher, 'knn_neighbors', stage('NCM kNN'))]
@@ -549,7 +551,9 @@ def stage_rows(layers):
                        f'upsampling lists, layer {layer}', 2)]
     inner = [key for _, key, _ in per_layer]
     rows += per_layer
-    rows += [('sort rows (pipeline.deterministic)', 'sort rows', 2),
+    rows += [('upsampling lists: nearest of each row (plugin; part of '
+              'their rows above)', 'nearest in rows', 2),
+             ('sort rows (pipeline.deterministic)', 'sort rows', 2),
              ('nearest first (upsampling lists)', 'nearest first', 2),
              ('NCM lists (kNN)', 'NCM kNN', 2),
              ('NCM lists (ncm_collate)', 'ncm_collate', 2),

@@ -23,10 +23,10 @@ the duration of a collate, in this process only.
 """
 import contextlib
 
+import numpy as np
 import torch
 from open3d._ml3d.torch.dataloaders import concat_batcher
 from open3d.ml.torch.layers import FixedRadiusSearch
-from open3d.ml.torch.ops import ragged_to_dense
 
 from ..losses import row_splits
 
@@ -54,12 +54,14 @@ def search(queries, supports, q_batches, s_batches, radius,
 
 def dense(found, shadow):
     """[Nq, K] int32 numpy rows of a search's ragged neighbours, padded with
-    `shadow` to the longest row."""
-    splits = found.neighbors_row_splits
-    longest = int((splits[1:] - splits[:-1]).max()) if len(splits) > 1 else 0
-    return ragged_to_dense(found.neighbors_index.reshape(-1, 1), splits,
-                           longest, torch.tensor([shadow], dtype=torch.int32)
-                           ).squeeze(2).numpy()
+    `shadow` to the longest row (what ragged_to_dense gives, in half its
+    time: one boolean-mask assignment fills the rows in order)."""
+    sizes = (found.neighbors_row_splits[1:]
+             - found.neighbors_row_splits[:-1]).numpy()
+    longest = int(sizes.max()) if len(sizes) else 0
+    lists = np.full((len(sizes), longest), shadow, dtype=np.int32)
+    lists[np.arange(longest) < sizes[:, None]] = found.neighbors_index.numpy()
+    return lists
 
 
 def batch_neighbors(queries, supports, q_batches, s_batches, radius):

@@ -8,9 +8,8 @@ import torch
 from open3d._ml3d.torch.dataloaders import concat_batcher
 from open3d._ml3d.torch.models.kpconv import batch_neighbors as stock
 
-from ncm_plugin.training.radius_search import (batch_neighbors,
-                                               nearest_in_rows, search,
-                                               sized_hash_tables)
+from ncm_plugin.training.radius_search import (Searches, nearest_in_rows,
+                                               search, sized_hash_tables)
 
 
 def rows_as_sets(neighbors, shadow):
@@ -23,7 +22,8 @@ def test_the_same_neighbours_as_a_brute_force_search():
     queries = rng.uniform(0, 1, (300, 3)).astype(np.float32)
     s_batches, q_batches = [400, 300], [120, 180]
     radius = 0.15
-    found = batch_neighbors(queries, supports, q_batches, s_batches, radius)
+    found = Searches().batch_neighbors(queries, supports, q_batches,
+                                       s_batches, radius)
     assert found.dtype == np.int32 and found.shape[0] == 300
     expected = []
     for q, query in enumerate(queries):

@@ -64,15 +64,6 @@ def dense(found, shadow):
     return lists
 
 
-def batch_neighbors(queries, supports, q_batches, s_batches, radius):
-    """[Nq, K] int32 indices into supports [Ns, 3] of every support point
-    within `radius` of each query [Nq, 3], cloud by cloud (q_batches,
-    s_batches: points per cloud), rows padded with the shadow index Ns to
-    the longest; as Open3D-ML's kpconv.batch_neighbors gives them."""
-    return dense(search(queries, supports, q_batches, s_batches, radius),
-                 len(supports))
-
-
 def nearest_in_rows(found, queries, supports):
     """(nearest [Nq], column [Nq]) int64 of a search with distances: each
     row's nearest support point (of equally near ones the lowest index;
@@ -121,7 +112,11 @@ class Searches:
 
     def batch_neighbors(self, queries, supports, q_batches, s_batches,
                         radius):
-        """As the module's batch_neighbors."""
+        """[Nq, K] int32 indices into supports [Ns, 3] of every support
+        point within `radius` of each query [Nq, 3], cloud by cloud
+        (q_batches, s_batches: points per cloud), rows padded with the
+        shadow index Ns to the longest; as Open3D-ML's
+        kpconv.batch_neighbors gives them."""
         upsampling = queries is not supports and len(queries) >= len(supports)
         found = search(queries, supports, q_batches, s_batches, radius,
                        distances=upsampling)
